@@ -1,0 +1,79 @@
+"""Every setting of bus-stats, read once from the environment into one frozen object.
+
+Entry points call :func:`load_settings` and pass the result down; nothing imports a
+global settings instance. Variable names are ``BUSSTATS_`` plus the field name in upper
+case (``BUSSTATS_S3_BUCKET``); the AWS credentials stay where every AWS tool reads them
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``).
+"""
+
+import sys
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DateParam = Literal["auto", "datetime", "date"]
+
+ENV_PREFIX = "BUSSTATS_"
+
+
+class Settings(BaseSettings):
+    """The whole configuration; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    # Connections
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    namespace: str = Field("bus-stats", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
+    reference_url: str = Field("http://127.0.0.1:8080", pattern=r"^https?://")
+    s3_endpoint_url: str | None = Field(None, pattern=r"^https?://")
+    s3_bucket: str = Field("bus-stats", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    s3_prefix: str = Field("", pattern=r"^([A-Za-z0-9._-]+/)*$")
+    aws_default_region: str = Field("us-east-1", validation_alias="AWS_DEFAULT_REGION")
+
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=0, le=65535)
+    api_token: SecretStr | None = None
+    max_range_days: int = Field(366, ge=1)
+    stats_concurrency: int = Field(4, ge=1, le=64)
+    publish_timeout_seconds: float = Field(5.0, gt=0)
+
+    # Consumer
+    job_concurrency: int = Field(2, ge=1, le=64, description="jobs per consumer process")
+    city_concurrency: int = Field(32, ge=1, le=1024, description="city requests per job")
+    connect_timeout_seconds: float = Field(5.0, gt=0)
+    read_timeout_seconds: float = Field(30.0, gt=0)
+    retry_attempts: int = Field(5, ge=1, le=100, description="attempts per city request")
+    retry_backoff_seconds: float = Field(0.5, gt=0)
+    retry_backoff_max_seconds: float = Field(10.0, gt=0)
+    date_param: DateParam = "auto"
+    part_size_bytes: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024)
+    memory_budget_bytes: int = Field(64 * 1024 * 1024, ge=5 * 1024 * 1024)
+    delivery_limit: int = Field(3, ge=1, le=100)
+    shutdown_grace_seconds: float = Field(20.0, ge=0)
+    stale_upload_seconds: float = Field(3600.0, ge=0)
+    metrics_port: int = Field(9100, ge=0, le=65535)
+
+    # Logging
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @property
+    def part_slots(self) -> int:
+        """How many S3 part buffers fit in the writers' memory budget (at least one)."""
+        return max(1, self.memory_budget_bytes // self.part_size_bytes)
+
+
+def load_settings() -> Settings:
+    """Read the settings or stop the process with one line naming the bad variable."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        lines = []
+        for problem in error.errors():
+            field = str(problem["loc"][0]) if problem["loc"] else "?"
+            variable = field if field.startswith("AWS_") else ENV_PREFIX + field.upper()
+            lines.append(f"{variable}: {problem['msg']}")
+        sys.stderr.write("bus-stats: invalid configuration: " + "; ".join(lines) + "\n")
+        raise SystemExit(2) from None

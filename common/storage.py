@@ -1,0 +1,333 @@
+"""The object store: a small protocol and its S3 implementation on aiobotocore.
+
+The writer streams an object as S3 multipart parts, completes it on success and aborts
+it on any exception, cancellation included. Part buffers are counted against a shared
+:class:`PartBudget`: a writer that needs a buffer waits for one, which pauses whatever
+feeds it (the HTTP reads), so memory is bounded by the budget, not by how many objects
+stream at once.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Protocol, Self
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import ClientError
+
+from common.settings import Settings
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef, PutObjectRequestTypeDef
+else:
+    S3Client = object
+    CompletedPartTypeDef = PutObjectRequestTypeDef = dict
+
+_DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
+
+
+class WriteConflictError(Exception):
+    """A conditional write lost: the object changed (or appeared) since it was read."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    body: bytes
+    etag: str
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    etag: str
+    size: int
+    last_modified: datetime
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
+@dataclass(frozen=True)
+class WrittenObject:
+    key: str
+    etag: str
+    size: int
+
+
+class PartBudget:
+    """How many part buffers may be held at once across all writers of a process."""
+
+    def __init__(self, slots: int) -> None:
+        self._slots = asyncio.Semaphore(slots)
+        self.size = slots
+
+    async def acquire(self) -> None:
+        await self._slots.acquire()
+
+    def release(self) -> None:
+        self._slots.release()
+
+
+class ObjectWriter(Protocol):
+    async def write(self, data: bytes) -> None: ...
+
+    @property
+    def bytes_written(self) -> int: ...
+
+
+class ObjectStore(Protocol):
+    """What the service needs of S3; tests of pure logic may implement it in memory."""
+
+    async def get(self, key: str) -> StoredObject | None: ...
+
+    async def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        content_type: str = "application/json",
+        if_none_match: bool = False,
+        if_match: str | None = None,
+    ) -> str: ...
+
+    async def delete(self, keys: Iterable[str]) -> None: ...
+
+    def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]: ...
+
+    async def pending_uploads(self, prefix: str) -> list[PendingUpload]: ...
+
+    async def abort_upload(self, key: str, upload_id: str) -> None: ...
+
+    def writer(self, key: str, content_type: str) -> "S3Writer": ...
+
+
+def _error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+class S3Store:
+    """:class:`ObjectStore` over one bucket of S3 (or of a Moto server)."""
+
+    def __init__(self, client: S3Client, bucket: str, budget: PartBudget, part_size: int) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.budget = budget
+        self.part_size = part_size
+
+    async def ensure_bucket(self) -> None:
+        try:
+            await self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as error:
+            if _error_code(error) not in {"404", "NoSuchBucket", "NotFound"}:
+                raise
+            with contextlib.suppress(self.client.exceptions.BucketAlreadyOwnedByYou):
+                await self.client.create_bucket(Bucket=self.bucket)
+
+    async def ping(self) -> None:
+        await self.client.head_bucket(Bucket=self.bucket)
+
+    async def get(self, key: str) -> StoredObject | None:
+        try:
+            response = await self.client.get_object(Bucket=self.bucket, Key=key)
+        except self.client.exceptions.NoSuchKey:
+            return None
+        async with response["Body"] as stream:
+            body = await stream.read()
+        return StoredObject(body=body, etag=response["ETag"])
+
+    async def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        content_type: str = "application/json",
+        if_none_match: bool = False,
+        if_match: str | None = None,
+    ) -> str:
+        request: PutObjectRequestTypeDef = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Body": body,
+            "ContentType": content_type,
+        }
+        if if_none_match:
+            request["IfNoneMatch"] = "*"
+        if if_match is not None:
+            request["IfMatch"] = if_match
+        try:
+            response = await self.client.put_object(**request)
+        except ClientError as error:
+            if _error_code(error) in {"WriteConflictError", "412", "ConditionalRequestConflict"}:
+                raise WriteConflictError(key) from error
+            raise
+        return response["ETag"]
+
+    async def delete(self, keys: Iterable[str]) -> None:
+        batch: list[str] = []
+        for key in keys:
+            batch.append(key)
+            if len(batch) == _DELETE_BATCH:
+                await self._delete_batch(batch)
+                batch = []
+        if batch:
+            await self._delete_batch(batch)
+
+    async def _delete_batch(self, keys: list[str]) -> None:
+        await self.client.delete_objects(
+            Bucket=self.bucket, Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True}
+        )
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield ObjectInfo(
+                    key=item["Key"],
+                    etag=item["ETag"],
+                    size=item["Size"],
+                    last_modified=item["LastModified"],
+                )
+
+    async def pending_uploads(self, prefix: str) -> list[PendingUpload]:
+        uploads: list[PendingUpload] = []
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            uploads.extend(
+                PendingUpload(
+                    key=item["Key"], upload_id=item["UploadId"], initiated=item["Initiated"]
+                )
+                for item in page.get("Uploads", [])
+            )
+        return uploads
+
+    async def abort_upload(self, key: str, upload_id: str) -> None:
+        with contextlib.suppress(self.client.exceptions.NoSuchUpload):
+            await self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id
+            )
+
+    def writer(self, key: str, content_type: str) -> "S3Writer":
+        return S3Writer(self, key, content_type)
+
+
+class S3Writer:
+    """Streams one object: ``async with store.writer(key, type) as w: await w.write(b)``.
+
+    Objects smaller than one part are sent with a single PUT; larger ones as a multipart
+    upload, completed when the block ends normally and aborted when it raises.
+    """
+
+    def __init__(self, store: S3Store, key: str, content_type: str) -> None:
+        self._store = store
+        self.key = key
+        self._content_type = content_type
+        self._buffer = bytearray()
+        self._holding_slot = False
+        self._upload_id: str | None = None
+        self._parts: list[CompletedPartTypeDef] = []
+        self.bytes_written = 0
+        self.result: WrittenObject | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is None:
+                self.result = await self._complete()
+            else:
+                await asyncio.shield(self._abort())
+        finally:
+            self._release()
+
+    async def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if not self._holding_slot:
+            await self._store.budget.acquire()
+            self._holding_slot = True
+        self._buffer += data
+        self.bytes_written += len(data)
+        if len(self._buffer) >= self._store.part_size:
+            await self._send_part()
+
+    async def _send_part(self) -> None:
+        client, bucket = self._store.client, self._store.bucket
+        if self._upload_id is None:
+            created = await client.create_multipart_upload(
+                Bucket=bucket, Key=self.key, ContentType=self._content_type
+            )
+            self._upload_id = created["UploadId"]
+        body, self._buffer = bytes(self._buffer), bytearray()
+        number = len(self._parts) + 1
+        sent = await client.upload_part(
+            Bucket=bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=body
+        )
+        del body
+        self._parts.append({"ETag": sent["ETag"], "PartNumber": number})
+        self._release()
+
+    async def _complete(self) -> WrittenObject:
+        client, bucket = self._store.client, self._store.bucket
+        if self._upload_id is None:
+            etag = await self._store.put(
+                self.key, bytes(self._buffer), content_type=self._content_type
+            )
+            self._buffer = bytearray()
+            return WrittenObject(key=self.key, etag=etag, size=self.bytes_written)
+        if self._buffer:
+            await self._send_part()
+        completed = await client.complete_multipart_upload(
+            Bucket=bucket,
+            Key=self.key,
+            UploadId=self._upload_id,
+            MultipartUpload={"Parts": self._parts},
+        )
+        return WrittenObject(key=self.key, etag=completed["ETag"], size=self.bytes_written)
+
+    async def _abort(self) -> None:
+        self._buffer = bytearray()
+        if self._upload_id is not None:
+            await self._store.abort_upload(self.key, self._upload_id)
+
+    def _release(self) -> None:
+        if self._holding_slot:
+            self._holding_slot = False
+            self._store.budget.release()
+
+
+@contextlib.asynccontextmanager
+async def open_store(settings: Settings, *, max_connections: int = 32) -> AsyncIterator[S3Store]:
+    """One S3 client for the process, with its bucket ensured; closed on exit."""
+    config = AioConfig(
+        max_pool_connections=max_connections,
+        retries={"mode": "standard", "max_attempts": 5},
+        connect_timeout=settings.connect_timeout_seconds,
+        read_timeout=60,
+    )
+    session = get_session()
+    async with session.create_client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.aws_default_region,
+        config=config,
+    ) as client:
+        store = S3Store(
+            client, settings.s3_bucket, PartBudget(settings.part_slots), settings.part_size_bytes
+        )
+        await store.ensure_bucket()
+        yield store

@@ -1,0 +1,86 @@
+"""Every exchange and queue of bus-stats, named from the namespace, declared in one place.
+
+::
+
+    jobs exchange (direct) --job--> jobs queue (quorum, delivery limit)
+                                         | rejected / over the limit
+                                         v
+    dead-letter exchange (fanout) --> dead-letter queue (quorum)
+
+The producer, the consumer and the tests all call :func:`declare_topology`.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+ROUTING_KEY: Final = "job"
+
+
+@dataclass(frozen=True)
+class Names:
+    """The broker names of one deployment (or one test run)."""
+
+    namespace: str
+
+    @property
+    def exchange(self) -> str:
+        return f"{self.namespace}.jobs"
+
+    @property
+    def queue(self) -> str:
+        return f"{self.namespace}.jobs"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"{self.namespace}.dead-letter"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.namespace}.jobs.dead-letter"
+
+
+@dataclass(frozen=True)
+class Topology:
+    names: Names
+    exchange: AbstractExchange
+    queue: AbstractQueue
+    dead_letter_queue: AbstractQueue
+
+
+async def declare_topology(
+    channel: AbstractChannel, namespace: str, delivery_limit: int
+) -> Topology:
+    """Declare (idempotently) the exchanges and queues and bind them."""
+    names = Names(namespace)
+    dead_letter_exchange = await channel.declare_exchange(
+        names.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    dead_letter_queue = await channel.declare_queue(
+        names.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await dead_letter_queue.bind(dead_letter_exchange)
+    exchange = await channel.declare_exchange(
+        names.exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    arguments: dict[str, Any] = {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": names.dead_letter_exchange,
+        "x-delivery-limit": delivery_limit,
+    }
+    queue = await channel.declare_queue(names.queue, durable=True, arguments=arguments)
+    await queue.bind(exchange, routing_key=ROUTING_KEY)
+    return Topology(
+        names=names, exchange=exchange, queue=queue, dead_letter_queue=dead_letter_queue
+    )
+
+
+async def delete_topology(channel: AbstractChannel, namespace: str) -> None:
+    """Remove every exchange and queue of a namespace (tests and teardown)."""
+    names = Names(namespace)
+    for queue in (names.queue, names.dead_letter_queue):
+        await channel.queue_delete(queue)
+    for exchange in (names.exchange, names.dead_letter_exchange):
+        await channel.exchange_delete(exchange)
