@@ -1,0 +1,50 @@
+"""``/healthz`` (the process serves) and ``/readyz`` (its broker and S3 answer)."""
+
+import asyncio
+
+from pydantic import BaseModel
+from quart import Blueprint, Response
+from quart_schema import document_response
+
+from producer.http import json_response
+from producer.services import get_services
+
+blueprint = Blueprint("health", __name__)
+_PING_TIMEOUT = 3.0
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    checks: dict[str, str]
+
+
+@blueprint.get("/healthz")
+@document_response(Health, 200)
+async def healthz() -> Response:
+    """Alive: answers as soon as the process serves."""
+    return json_response(Health(status="ok"))
+
+
+@blueprint.get("/readyz")
+@document_response(Readiness, 200)
+@document_response(Readiness, 503)
+async def readyz() -> Response:
+    """Ready: the broker and S3 both answer; otherwise 503 naming the one that failed."""
+    services = get_services()
+    checks: dict[str, str] = {}
+    for name, ping in (("broker", services.publisher.ping), ("s3", services.store.ping)):
+        try:
+            async with asyncio.timeout(_PING_TIMEOUT):
+                await ping()
+        except Exception as error:  # noqa: BLE001 - any failure means "not ready", reported
+            checks[name] = f"failed: {type(error).__name__}: {str(error)[:200]}"
+        else:
+            checks[name] = "ok"
+    ready = all(value == "ok" for value in checks.values())
+    return json_response(
+        Readiness(status="ready" if ready else "not ready", checks=checks), 200 if ready else 503
+    )

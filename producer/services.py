@@ -1,0 +1,29 @@
+"""The clients one API process holds, created in its lifecycle hooks and reached per request."""
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from quart import current_app
+
+from common.layout import Layout
+from common.settings import Settings
+from common.storage import S3Store
+
+if TYPE_CHECKING:
+    from producer.publisher import JobPublisher
+
+EXTENSION_KEY: Final = "bus_stats"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    layout: Layout
+    store: S3Store
+    publisher: "JobPublisher"
+
+
+def get_services() -> Services:
+    """The running app's services (only inside a request or a lifecycle hook)."""
+    services: Services = current_app.extensions[EXTENSION_KEY]
+    return services
