@@ -53,6 +53,10 @@ class Layout:
     def rejects_object(self, day: date, run_id: str) -> str:
         return f"{self.run_data(day, run_id)}rejects.jsonl"
 
+    def date_partials(self, day: date) -> str:
+        """The folder holding every cached partial of a date (for cleanup)."""
+        return f"{self.prefix}partials/date={day.isoformat()}/"
+
     def partial(self, data_key: str, etag: str) -> str:
         """The cached partial sums of one data object, tied to its ETag."""
         data_root = f"{self.prefix}data/"
