@@ -1,0 +1,66 @@
+# One image for every bus-stats process. ENTRYPOINT is `python -m`, so the command picks
+# the module: `docker run IMAGE` (the API), `docker run IMAGE consumer`,
+# `docker run IMAGE refsim --host 0.0.0.0 --port 8080`. Configure with BUSSTATS_* variables.
+#
+# Versions: uv.lock stays out of git; pyproject.toml pins every package through
+# [tool.uv] constraint-dependencies, so `uv sync` below resolves the same versions.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# --- builder: the virtual environment, without the dev and bench groups -----------------
+FROM ${PYTHON_IMAGE} AS builder
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_PROJECT_ENVIRONMENT=/app/.venv \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_NO_CACHE=1
+
+RUN pip install --no-cache-dir uv==0.13.9
+
+WORKDIR /app
+
+# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml changes.
+COPY pyproject.toml README.md ./
+RUN uv sync --no-default-groups --no-install-project
+
+# Then the code, installed into the environment (not editable: the runtime stage copies
+# the environment alone).
+COPY common ./common
+COPY producer ./producer
+COPY consumer ./consumer
+COPY refsim ./refsim
+RUN uv sync --no-default-groups --no-editable
+
+# --- runtime: the environment and an unprivileged user, nothing else ---------------------
+FROM ${PYTHON_IMAGE} AS runtime
+
+ENV PATH=/app/.venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    BUSSTATS_API_HOST=0.0.0.0
+
+RUN groupadd --system --gid 10001 busstats \
+    && useradd --system --uid 10001 --gid busstats --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin busstats
+
+WORKDIR /app
+COPY --from=builder /app/.venv /app/.venv
+
+# Numeric, so that runtimes can verify the user is not root (runAsNonRoot).
+USER 10001:10001
+
+# 8000: the API (BUSSTATS_API_PORT); 9100: a consumer's Prometheus metrics
+# (BUSSTATS_METRICS_PORT).
+EXPOSE 8000 9100
+
+# The API's liveness. Consumers and the simulator serve no /healthz: docker-compose.yml
+# overrides this check for them (the metrics port, a TCP connect).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as r; r.urlopen('http://127.0.0.1:' + os.environ.get('BUSSTATS_API_PORT', '8000') + '/healthz', timeout=4)"]
+
+# Exec form: python is PID 1 and receives SIGTERM itself (graceful shutdown).
+ENTRYPOINT ["python", "-m"]
+CMD ["producer"]

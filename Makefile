@@ -1,0 +1,50 @@
+# bus-stats: every command a developer or CI runs. `make test` is the one CI runs.
+# uv must never download a Python: the system's 3.11 is the interpreter.
+export UV_PYTHON_DOWNLOADS := never
+
+PYTHON ?= python3
+ARGS ?=
+
+.PHONY: install test lint-deploy demo bench pin format
+
+# The three linters for the deployment files, shared by `test` and `lint-deploy`.
+# check-jsonschema's vendor schemas ship inside the package: no network needed.
+define lint_deploy_commands
+	uv run hadolint Dockerfile
+	uv run check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	uv run check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/ci.yml
+endef
+
+## install: uv (with pip, if missing), then every dependency group into .venv
+install:
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install uv
+	uv sync --all-groups
+
+## test: lint, type-check, lint the deployment files, then the whole test suite
+test: install
+	uv run ruff check .
+	uv run ruff format --check .
+	uv run mypy
+	$(lint_deploy_commands)
+	uv run pytest
+
+## lint-deploy: hadolint the Dockerfile, validate docker-compose.yml and the CI workflow
+lint-deploy: install
+	$(lint_deploy_commands)
+
+## demo: the whole system on this machine (needs RabbitMQ); e.g. make demo ARGS=--once
+demo:
+	uv run python -m scripts.demo $(ARGS)
+
+## bench: the benchmark; e.g. make bench ARGS=--help
+bench:
+	uv run python -m scripts.bench $(ARGS)
+
+## pin: write the resolved versions into pyproject.toml's constraint-dependencies
+pin:
+	uv run python scripts/pin_versions.py
+
+## format: apply ruff's fixes, then its formatter
+format:
+	uv run ruff check --fix .
+	uv run ruff format .
