@@ -36,6 +36,7 @@ from consumer.metrics import ConsumerMetrics
 
 log = get_logger(__name__)
 DELIVERY_COUNT_HEADER: Final = "x-delivery-count"
+RECONNECT_SECONDS: Final = 1.0  # how soon a lost broker connection is retried
 APP_ID: Final = "bus-stats-consumer"
 
 
@@ -87,7 +88,8 @@ class Worker:
     async def _connect(self) -> AsyncIterator[AbstractRobustConnection]:
         connection = await aio_pika.connect_robust(
             self.settings.amqp_url.get_secret_value(),
-            client_properties={"connection_name": APP_ID},
+            reconnect_interval=RECONNECT_SECONDS,
+            client_properties={"connection_name": f"{APP_ID} {self.settings.namespace}"},
         )
         connection.close_callbacks.add(self._on_connection_lost)
         try:

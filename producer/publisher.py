@@ -13,6 +13,7 @@ from common.messages import CONTENT_TYPE, MESSAGE_TYPE, JobMessage
 from common.settings import Settings
 from common.topology import ROUTING_KEY, Topology, declare_topology
 
+RECONNECT_SECONDS: Final = 1.0  # how soon a lost broker connection is retried
 APP_ID: Final = "bus-stats-api"
 log = get_logger(__name__)
 
@@ -50,21 +51,37 @@ class JobPublisher:
             await self._connection.close()
 
     async def _ensure_channel(self) -> Topology:
+        """The confirming channel's topology, connecting on first use.
+
+        Once open, the robust connection restores the channel (and redeclares the
+        topology) by itself after a broker outage; until it has, publishing fails fast.
+        """
         async with self._lock:
             try:
                 if self._connection is None:
                     self._connection = await aio_pika.connect_robust(
                         self._settings.amqp_url.get_secret_value(),
+                        reconnect_interval=RECONNECT_SECONDS,
                         timeout=self._settings.publish_timeout_seconds,
-                        client_properties={"connection_name": APP_ID},
+                        client_properties={
+                            "connection_name": f"{APP_ID} {self._settings.namespace}"
+                        },
                     )
-                if self._channel is None or self._channel.is_closed or self._topology is None:
+                if self._channel is None or self._topology is None:
                     self._channel = await self._connection.channel(publisher_confirms=True)
                     self._topology = await declare_topology(
                         self._channel, self._settings.namespace, self._settings.delivery_limit
                     )
-            except (OSError, AMQPError, aio_pika.exceptions.AMQPException, TimeoutError) as error:
+            except (
+                OSError,
+                RuntimeError,
+                AMQPError,
+                aio_pika.exceptions.AMQPException,
+                TimeoutError,
+            ) as error:
                 raise PublishError(f"broker unreachable: {error!r}") from error
+            if self._channel.is_closed:
+                raise PublishError("broker connection lost; reconnecting")
             return self._topology
 
     async def ping(self) -> None:
@@ -90,5 +107,11 @@ class JobPublisher:
                 await topology.exchange.publish(message, routing_key=ROUTING_KEY, mandatory=True)
         except DeliveryError as error:
             raise PublishError(f"broker refused the message: {error!r}") from error
-        except (OSError, AMQPError, aio_pika.exceptions.AMQPException, TimeoutError) as error:
+        except (
+            OSError,
+            RuntimeError,
+            AMQPError,
+            aio_pika.exceptions.AMQPException,
+            TimeoutError,
+        ) as error:
             raise PublishError(f"broker did not confirm the message: {error!r}") from error
