@@ -272,10 +272,15 @@ class S3Writer:
                 Bucket=bucket, Key=self.key, ContentType=self._content_type
             )
             self._upload_id = created["UploadId"]
-        body, self._buffer = bytes(self._buffer), bytearray()
+        # Hand the buffer itself to the upload (no copy): a part costs its size once.
+        body, self._buffer = self._buffer, bytearray()
         number = len(self._parts) + 1
         sent = await client.upload_part(
-            Bucket=bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=body
+            Bucket=bucket,
+            Key=self.key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=body,  # type: ignore[arg-type]  # botocore sends any bytes-like; stubs say bytes
         )
         del body
         self._parts.append({"ETag": sent["ETag"], "PartNumber": number})
