@@ -1,0 +1,175 @@
+"""Object keys: built only from validated dates and ids, under the configured prefix."""
+
+import uuid
+from collections.abc import Callable
+from datetime import date
+
+import pytest
+
+from common.layout import Layout, check_id
+
+DAY = date(2024, 1, 1)
+RUN = "0123456789abcdef0123456789abcdef"
+JOB = "fedcba9876543210fedcba9876543210"
+
+
+def test_keys_without_prefix() -> None:
+    layout = Layout()
+    assert layout.job(JOB) == f"jobs/{JOB}.json"
+    assert layout.latest_job(DAY) == "dates/date=2024-01-01/latest-job.json"
+    assert layout.manifest(DAY) == "manifests/date=2024-01-01/manifest.json"
+    assert layout.date_data(DAY) == "data/date=2024-01-01/"
+    assert layout.run_data(DAY, RUN) == f"data/date=2024-01-01/run={RUN}/"
+    assert layout.city_object(DAY, RUN, 3) == f"data/date=2024-01-01/run={RUN}/city=3.jsonl"
+    assert layout.city_object(DAY, RUN, 0) == f"data/date=2024-01-01/run={RUN}/city=0.jsonl"
+    assert layout.rejects_object(DAY, RUN) == f"data/date=2024-01-01/run={RUN}/rejects.jsonl"
+    assert layout.date_partials(DAY) == "partials/date=2024-01-01/"
+
+
+def test_dates_are_zero_padded_iso() -> None:
+    assert Layout().manifest(date(987, 3, 4)) == "manifests/date=0987-03-04/manifest.json"
+
+
+def test_run_and_city_keys_sit_under_their_date() -> None:
+    layout = Layout("env/")
+    assert layout.run_data(DAY, RUN).startswith(layout.date_data(DAY))
+    assert layout.city_object(DAY, RUN, 5).startswith(layout.run_data(DAY, RUN))
+    assert layout.rejects_object(DAY, RUN).startswith(layout.run_data(DAY, RUN))
+    assert not layout.city_object(date(2024, 1, 11), RUN, 5).startswith(layout.date_data(DAY))
+
+
+KEYS: dict[str, Callable[[Layout], str]] = {
+    "job": lambda layout: layout.job(JOB),
+    "latest_job": lambda layout: layout.latest_job(DAY),
+    "manifest": lambda layout: layout.manifest(DAY),
+    "date_data": lambda layout: layout.date_data(DAY),
+    "run_data": lambda layout: layout.run_data(DAY, RUN),
+    "city_object": lambda layout: layout.city_object(DAY, RUN, 12),
+    "rejects_object": lambda layout: layout.rejects_object(DAY, RUN),
+    "date_partials": lambda layout: layout.date_partials(DAY),
+    "partial": lambda layout: layout.partial(layout.city_object(DAY, RUN, 12), '"e1"'),
+}
+
+
+@pytest.mark.parametrize("key", KEYS.values(), ids=KEYS.keys())
+@pytest.mark.parametrize("prefix", ["env/", "a/b.c/d_e-f/"])
+def test_prefix_is_applied_everywhere(key: Callable[[Layout], str], prefix: str) -> None:
+    unprefixed = key(Layout())
+    assert not unprefixed.startswith(prefix)
+    assert key(Layout(prefix)) == prefix + unprefixed
+
+
+@pytest.mark.parametrize("value", [RUN, uuid.UUID(int=0).hex, "f" * 32])
+def test_check_id_returns_a_valid_id(value: str) -> None:
+    assert check_id(value, "run id") == value
+
+
+def test_check_id_accepts_a_uuid4_hex() -> None:
+    value = uuid.uuid4().hex
+    assert check_id(value, "job id") == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "../x",
+        "",
+        RUN.upper(),
+        "A" + RUN[1:],
+        RUN[:-1],
+        RUN + "0",
+        "g" * 32,
+        RUN + "\n",
+        " " + RUN[1:],
+        str(uuid.UUID(RUN)),  # with dashes
+        "../" + RUN[3:],
+        RUN[:16] + "/" + RUN[17:],
+        "\uff10" * 32,  # fullwidth digits
+    ],
+)
+def test_check_id_refuses_anything_but_32_lowercase_hex(value: str) -> None:
+    with pytest.raises(ValueError, match="job id must be 32 hex digits"):
+        check_id(value, "job id")
+
+
+def test_check_id_error_quotes_a_bounded_value() -> None:
+    with pytest.raises(ValueError, match="run id") as caught:
+        check_id("x" * 1000, "run id")
+    assert len(str(caught.value)) < 100
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda layout: layout.job("../x"),
+        lambda layout: layout.job(RUN.upper()),
+        lambda layout: layout.run_data(DAY, "../x"),
+        lambda layout: layout.city_object(DAY, "../x", 1),
+        lambda layout: layout.rejects_object(DAY, ""),
+    ],
+)
+def test_keys_refuse_bad_ids(build: Callable[[Layout], str]) -> None:
+    with pytest.raises(ValueError, match="must be 32 hex digits"):
+        build(Layout())
+
+
+@pytest.mark.parametrize("city_id", ["../x", "1/../2", "", "3.jsonl"])
+def test_city_id_cannot_inject_a_path(city_id: str) -> None:
+    with pytest.raises(ValueError, match="invalid literal for int"):
+        Layout().city_object(DAY, RUN, city_id)  # type: ignore[arg-type]  # a str on purpose
+
+
+def test_partial_derives_from_data_key_and_etag() -> None:
+    layout = Layout()
+    data_key = layout.city_object(DAY, RUN, 3)
+    etag = '"9b2cf535f27731c974343645a3985328"'
+    assert layout.partial(data_key, etag) == (
+        f"partials/date=2024-01-01/run={RUN}/city=3.9b2cf535f27731c974343645a3985328.json"
+    )
+    assert layout.partial(data_key, etag).startswith(layout.date_partials(DAY))
+
+
+def test_partial_quoted_and_unquoted_etag_give_the_same_key() -> None:
+    layout = Layout("p/")
+    data_key = layout.city_object(DAY, RUN, 3)
+    assert layout.partial(data_key, '"abc-2"') == layout.partial(data_key, "abc-2")
+    assert (
+        layout.partial(data_key, '"abc-2"')
+        == f"p/partials/date=2024-01-01/run={RUN}/city=3.abc-2.json"
+    )
+
+
+def test_partial_keeps_multipart_etag_and_strips_path_characters() -> None:
+    layout = Layout()
+    data_key = layout.city_object(DAY, RUN, 3)
+    assert layout.partial(data_key, '"../a/b c.d"').endswith("/city=3.abcd.json")
+    assert layout.partial(data_key, '"0f-12"').endswith("/city=3.0f-12.json")
+
+
+def test_partial_of_rejects_object() -> None:
+    layout = Layout()
+    assert layout.partial(layout.rejects_object(DAY, RUN), '"e"') == (
+        f"partials/date=2024-01-01/run={RUN}/rejects.e.json"
+    )
+
+
+@pytest.mark.parametrize(
+    ("layout", "data_key"),
+    [
+        (Layout(), f"jobs/{JOB}.json"),
+        (Layout(), "manifests/date=2024-01-01/manifest.json"),
+        (Layout(), f"data/date=2024-01-01/run={RUN}/city=3.json"),
+        (Layout(), f"partials/date=2024-01-01/run={RUN}/city=3.jsonl"),
+        (Layout("p/"), f"data/date=2024-01-01/run={RUN}/city=3.jsonl"),  # another prefix's
+        (Layout(), f"p/data/date=2024-01-01/run={RUN}/city=3.jsonl"),
+    ],
+)
+def test_partial_refuses_keys_that_are_not_data_objects(layout: Layout, data_key: str) -> None:
+    with pytest.raises(ValueError, match="not a data object key"):
+        layout.partial(data_key, '"e"')
+
+
+def test_layout_is_frozen() -> None:
+    layout = Layout("p/")
+    with pytest.raises(AttributeError):
+        layout.prefix = "q/"  # type: ignore[misc]  # assigning to a frozen dataclass on purpose
