@@ -6,7 +6,8 @@ It carries ids, never data: the job's state and the date's records live in S3.
 from datetime import date
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 CONTENT_TYPE: Final = "application/json"
 MESSAGE_TYPE: Final = "bus-stats.job.v1"
@@ -18,7 +19,7 @@ class JobMessage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     version: Literal[1] = 1
-    job_id: str
+    job_id: str = Field(pattern=r"^[0-9a-f]{32}$")
     date: date
     force: bool = False
 
@@ -31,8 +32,15 @@ class UndecodableMessageError(ValueError):
 
 
 def decode_job(body: bytes) -> JobMessage:
+    """Strictly: the version must be stated and every field have its JSON type."""
     try:
-        return JobMessage.model_validate_json(body)
+        stated = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UndecodableMessageError(f"not a {MESSAGE_TYPE} message: not JSON") from None
+    if not isinstance(stated, dict) or type(stated.get("version")) is not int:
+        raise UndecodableMessageError(f"not a {MESSAGE_TYPE} message: no integer version")
+    try:
+        return JobMessage.model_validate_json(body, strict=True)
     except ValidationError as error:
         raise UndecodableMessageError(
             f"not a {MESSAGE_TYPE} message: {error.error_count()} errors"

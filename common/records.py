@@ -15,9 +15,11 @@ seconds as a number, the city id added)::
 a whole city response nor a whole date is ever held in memory.
 """
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from typing import Any, Final
 
 import orjson
@@ -30,10 +32,10 @@ PASSENGERS: Final = "passengers"
 DELAY_SECONDS: Final = "delay_seconds"
 ACCIDENT: Final = "accident"
 
+_NUMBER = r"[0-9]+(?:[.,][0-9]+)?"
 _DURATION = re.compile(
-    r"P(?:(?P<weeks>\d+(?:[.,]\d+)?)W)?(?:(?P<days>\d+(?:[.,]\d+)?)D)?"
-    r"(?:T(?:(?P<hours>\d+(?:[.,]\d+)?)H)?(?:(?P<minutes>\d+(?:[.,]\d+)?)M)?"
-    r"(?:(?P<seconds>\d+(?:[.,]\d+)?)S)?)?"
+    rf"P(?:(?P<weeks>{_NUMBER})W)?(?:(?P<days>{_NUMBER})D)?"
+    rf"(?:T(?:(?P<hours>{_NUMBER})H)?(?:(?P<minutes>{_NUMBER})M)?(?:(?P<seconds>{_NUMBER})S)?)?"
 )
 _UNIT_SECONDS: Final = {"weeks": 604800.0, "days": 86400.0, "hours": 3600.0, "minutes": 60.0}
 _UNIT_SECONDS["seconds"] = 1.0
@@ -50,8 +52,9 @@ def parse_duration_seconds(text: str) -> float:
     unparseable value, as are negative durations and an empty ``P`` or ``PT``.
     """
     # Fast path for the form the server sends almost always: PT<digits>S.
-    if text.startswith("PT") and text.endswith("S") and text[2:-1].isdigit():
-        return float(text[2:-1])
+    digits = text[2:-1]
+    if text.startswith("PT") and text.endswith("S") and digits.isascii() and digits.isdigit():
+        return _finite(float(digits), text)
     match = _DURATION.fullmatch(text)
     if match is None or text in {"P", "PT"} or text.endswith("T"):
         raise BadDurationError(f"not an ISO 8601 duration: {text[:40]!r}")
@@ -59,12 +62,21 @@ def parse_duration_seconds(text: str) -> float:
     for unit, value in match.groupdict().items():
         if value is not None:
             total += float(value.replace(",", ".")) * _UNIT_SECONDS[unit]
-    return total
+    return _finite(total, text)
+
+
+def _finite(seconds: float, text: str) -> float:
+    if not math.isfinite(seconds):
+        raise BadDurationError(f"duration too large: {text[:40]!r}")
+    return seconds
 
 
 def format_duration(seconds: int) -> str:
     """The server's own spelling of a whole number of seconds: ``P0D`` or ``PT<n>S``."""
     return "P0D" if seconds == 0 else f"PT{seconds}S"
+
+
+_KEPT_RAW_CHARS: Final = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,16 +106,22 @@ def normalise_record(city_id: int, item: Any) -> dict[str, Any] | BadRecord:
 
 
 def _bad(city_id: int, reason: str, item: Any) -> BadRecord:
-    raw = orjson.dumps(item, default=repr).decode()
-    return BadRecord(city_id=city_id, reason=reason, raw=raw[:2000])
+    try:
+        raw = orjson.dumps(item, default=repr).decode()
+    except TypeError:  # nested deeper than orjson writes: keep a readable prefix instead
+        raw = repr(item)
+    return BadRecord(city_id=city_id, reason=reason, raw=raw[:_KEPT_RAW_CHARS])
 
 
 def _departure_time(value: Any) -> str:
     text = _string(value, "departure-time")
+    problem = ValueError(f"departure-time is not an ISO date-time: {text[:40]!r}")
+    if "T" not in text:  # a bare date has no time of departure
+        raise problem
     try:
         return datetime.fromisoformat(text).isoformat()
     except ValueError:
-        raise ValueError(f"departure-time is not an ISO date-time: {text[:40]!r}") from None
+        raise problem from None
 
 
 def _string(value: Any, name: str) -> str:
@@ -137,57 +155,58 @@ _WHITESPACE: Final = b" \t\r\n"
 _CUT_TRIES: Final = 3  # earlier "}" tried before falling back to item-by-item parsing
 
 
+class _At(Enum):
+    """Where the decoder stands in the array's grammar."""
+
+    START = "before ["
+    FIRST = "after [ (an item or ])"
+    AFTER_ITEM = "after an item (, or ])"
+    AFTER_COMMA = "after , (an item)"
+    DONE = "after ]"
+
+
 class ArrayDecoder:
     """Turns the chunks of one JSON array into its items, as soon as each is complete.
 
     Whole runs of complete items are parsed by orjson in one call; the cut between items
     is found at a ``}`` and proven by the parse itself (a cut inside a string or a nested
-    value never parses), so the decoder never needs to scan byte by byte. Memory is
-    bounded by the chunk size plus one item of at most ``max_item_bytes``.
+    value never parses), so the decoder never needs to scan byte by byte. Separators
+    between runs are checked by a small state machine. Memory is bounded by the chunk
+    size plus one item of at most ``max_item_bytes``.
     """
 
     def __init__(self, max_item_bytes: int = 1024 * 1024) -> None:
         self._buffer = bytearray()
-        self._started = False
-        self._finished = False
+        self._at = _At.START
         self._max_item_bytes = max_item_bytes
 
     def feed(self, chunk: bytes) -> list[Any]:
         """The items completed by this chunk (possibly none)."""
         self._buffer += chunk
-        if not self._started:
-            self._strip_leading()
-            if not self._buffer:
-                return []
-            if self._buffer[0] != ord("["):
-                raise MalformedBodyError("response body is not a JSON array")
-            del self._buffer[0]
-            self._started = True
-            self._strip_separator()
-        if self._finished:
-            if self._buffer.strip(_WHITESPACE):
-                raise MalformedBodyError("data after the end of the JSON array")
-            return []
-        items = self._take_batch()
+        self._advance()
+        items: list[Any] = []
+        if self._at in {_At.FIRST, _At.AFTER_COMMA} and self._buffer:
+            items = self._take_batch()
         if len(self._buffer) > self._max_item_bytes:
             raise MalformedBodyError(f"an item is longer than {self._max_item_bytes} bytes")
         return items
 
     def finish(self) -> list[Any]:
         """The last items; raises :class:`MalformedBodyError` if the array never closed."""
-        if not self._started:
+        if self._at is _At.START:
             raise MalformedBodyError("empty response body")
-        if self._finished:
+        if self._at is _At.DONE:
             return []
+        if self._at is _At.AFTER_ITEM or not self._buffer:
+            raise MalformedBodyError("response body ends before its JSON array does")
+        # Items that the "}" cuts cannot find (numbers, strings): the rest must close the array.
         try:
             items = orjson.loads(b"[" + bytes(self._buffer))
         except orjson.JSONDecodeError:
             raise MalformedBodyError("response body ends before its JSON array does") from None
         self._buffer.clear()
-        self._finished = True
-        if not isinstance(items, list):  # pragma: no cover - "[" + text parses to a list
-            raise MalformedBodyError("response body is not a JSON array")
-        return items
+        self._at = _At.DONE
+        return list(items)
 
     def _take_batch(self) -> list[Any]:
         cut = self._buffer.rfind(b"}")
@@ -201,7 +220,8 @@ class ArrayDecoder:
                 cut = self._buffer.rfind(b"}", 0, cut) if tries < _CUT_TRIES else -1
                 continue
             del self._buffer[: cut + 1]
-            self._strip_separator()
+            self._at = _At.AFTER_ITEM
+            self._advance()
             return list(items)
         return self._take_items_one_by_one()
 
@@ -216,24 +236,43 @@ class ArrayDecoder:
                 continue
             items.append(item)
             del self._buffer[: end + 1]
-            self._strip_separator()
-            if self._finished:
+            self._at = _At.AFTER_ITEM
+            self._advance()
+            if self._at is not _At.AFTER_COMMA:
                 break
             end = self._buffer.find(b"}")
         return items
 
-    def _strip_leading(self) -> None:
+    def _advance(self) -> None:
+        """Consume brackets, commas and whitespace up to the next item (or the end)."""
+        while True:
+            self._strip_whitespace()
+            if not self._buffer:
+                return
+            head = self._buffer[0]
+            if self._at is _At.START:
+                if head != ord("["):
+                    raise MalformedBodyError("response body is not a JSON array")
+                self._at = _At.FIRST
+            elif self._at is _At.AFTER_ITEM:
+                if head == ord(","):
+                    self._at = _At.AFTER_COMMA
+                elif head == ord("]"):
+                    self._at = _At.DONE
+                else:
+                    raise MalformedBodyError("expected ',' or ']' between the array's items")
+            elif self._at is _At.FIRST and head == ord("]"):
+                self._at = _At.DONE
+            elif self._at is _At.AFTER_COMMA and head in b",]":
+                raise MalformedBodyError("expected an item after ',' in the array")
+            elif self._at is _At.DONE:
+                raise MalformedBodyError("data after the end of the JSON array")
+            else:
+                return  # an item starts here
+            del self._buffer[0]
+
+    def _strip_whitespace(self) -> None:
         index = 0
         while index < len(self._buffer) and self._buffer[index] in _WHITESPACE:
             index += 1
         del self._buffer[:index]
-
-    def _strip_separator(self) -> None:
-        """After an item: drop whitespace and one comma, or note the closing bracket."""
-        self._strip_leading()
-        if self._buffer[:1] == b",":
-            del self._buffer[0]
-            self._strip_leading()
-        elif self._buffer[:1] == b"]":
-            del self._buffer[0]
-            self._finished = True

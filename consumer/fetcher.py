@@ -14,7 +14,7 @@ the first time the server answers ``400`` about the ``date`` parameter.
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Final
 
@@ -53,10 +53,11 @@ _CITY_LIST = TypeAdapter(list[City])
 
 @dataclass
 class DateDialect:
-    """Which form of ``date`` the server takes: fixed by settings, or learnt once."""
+    """Which form of ``date`` the server takes: fixed by settings, or learnt."""
 
     setting: DateParam
     learnt: DateParam | None = None
+    rejected: set[DateParam] = field(default_factory=set)
 
     @property
     def current(self) -> DateParam:
@@ -69,11 +70,22 @@ class DateDialect:
 
     def switch(self, rejected: DateParam) -> bool:
         """After a 400 about ``date`` in form ``rejected``: whether another form is left."""
-        if self.setting != "auto" or self.current != rejected:
-            return self.setting == "auto"  # another request already switched
-        self.learnt = "date" if rejected == "datetime" else "datetime"
-        log.info("reference.date_form_learnt", form=self.learnt)
+        if self.setting != "auto":
+            return False
+        self.rejected.add(rejected)
+        if len(self.rejected) == len(_FORMS):
+            return False
+        if self.current == rejected:
+            self.learnt = "date" if rejected == "datetime" else "datetime"
+            log.info("reference.date_form_learnt", form=self.learnt)
         return True
+
+    def accepted(self, form: DateParam) -> None:
+        """A request in ``form`` succeeded: forget rejections (the server may have changed)."""
+        self.rejected.discard(form)
+
+
+_FORMS: Final = ("datetime", "date")
 
 
 def _is_date_validation_error(body: bytes) -> bool:
@@ -120,15 +132,14 @@ class ReferenceClient:
             form = self.dialect.current
             try:
                 async with self._request(url, {"date": self.dialect.format(day)}) as response:
+                    self.dialect.accepted(form)
                     yield response.content.iter_chunked(CHUNK_BYTES)
                     return
             except _DateRejectedError:
                 if not self.dialect.switch(form):
                     raise PermanentFetchError(
-                        f"server rejects the date form {form!r}, pinned in settings"
+                        f"server rejects the date form {form!r} (setting: {self.dialect.setting})"
                     ) from None
-                if self.dialect.current == form:
-                    raise PermanentFetchError("server rejects both forms of date") from None
 
     @contextlib.asynccontextmanager
     async def _request(

@@ -42,12 +42,6 @@ def test_auto_learns_once_when_requests_race() -> None:
     assert dialect.format(DAY) == "2024-01-01"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="switch() reports another form left after both were rejected, so "
-    "ReferenceClient.city_stats() never reaches 'server rejects both forms of date' and "
-    "loops forever, alternating forms (thousands of requests a second)",
-)
 def test_auto_has_no_form_left_after_both_are_rejected() -> None:
     dialect = DateDialect("auto")
     assert dialect.switch("datetime") is True

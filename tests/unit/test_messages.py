@@ -40,7 +40,7 @@ def test_encode_decode_round_trip(force: bool) -> None:
 
 
 @given(
-    job_id=st.text(min_size=1, max_size=40),
+    job_id=st.from_regex(r"\A[0-9a-f]{32}\Z"),
     day=st.dates(min_value=date(1, 1, 1), max_value=date(9999, 12, 31)),
     force=st.booleans(),
 )
@@ -67,6 +67,11 @@ def valid(**changes: object) -> bytes:
         valid(version=0),
         valid(version="v1"),
         valid(version=None),
+        valid(version=...),
+        valid(version=True),
+        valid(date=0),
+        valid(job_id="../x"),
+        valid(job_id="A" * 32),
         valid(extra="field"),
         valid(payload=[1, 2, 3]),
         valid(date="2024-02-30"),
