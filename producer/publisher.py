@@ -1,12 +1,14 @@
 """Publishes job messages: persistent and confirmed, or an error the API turns into 503."""
 
 import asyncio
+import time
 from types import TracebackType
 from typing import Final, Self
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aiormq.exceptions import AMQPError, DeliveryError
+from prometheus_client import Histogram
 
 from common.logs import get_logger
 from common.messages import CONTENT_TYPE, MESSAGE_TYPE, JobMessage
@@ -25,8 +27,9 @@ class PublishError(Exception):
 class JobPublisher:
     """One robust connection and one confirming channel per API process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, latency: Histogram | None = None) -> None:
         self._settings = settings
+        self._latency = latency
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._topology: Topology | None = None
@@ -102,6 +105,7 @@ class JobPublisher:
             app_id=APP_ID,
             headers={"date": job.date.isoformat(), "force": job.force, "attempt": 0},
         )
+        clock = time.monotonic()
         try:
             async with asyncio.timeout(self._settings.publish_timeout_seconds):
                 await topology.exchange.publish(message, routing_key=ROUTING_KEY, mandatory=True)
@@ -115,3 +119,5 @@ class JobPublisher:
             TimeoutError,
         ) as error:
             raise PublishError(f"broker did not confirm the message: {error!r}") from error
+        if self._latency is not None:
+            self._latency.observe(time.monotonic() - clock)

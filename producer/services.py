@@ -1,5 +1,6 @@
 """The clients one API process holds, created in its lifecycle hooks and reached per request."""
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -8,6 +9,7 @@ from quart import current_app
 from common.layout import Layout
 from common.settings import Settings
 from common.storage import S3Store
+from producer.metrics import ApiMetrics
 
 if TYPE_CHECKING:
     from producer.publisher import JobPublisher
@@ -21,6 +23,9 @@ class Services:
     layout: Layout
     store: S3Store
     publisher: "JobPublisher"
+    metrics: ApiMetrics
+    stats_slots: asyncio.Semaphore
+    """Raw objects parsed at once, shared by every stats query of the process."""
 
 
 def get_services() -> Services:

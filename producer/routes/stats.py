@@ -1,11 +1,10 @@
 """``GET /country-stats?from=YYYY-MM-DD&to=YYYY-MM-DD``: per-country daily statistics."""
 
-import asyncio
+import time
 from datetime import date
-from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field
-from quart import Blueprint, Response, current_app, request
+from quart import Blueprint, Response, request
 from quart_schema import document_querystring, document_response
 
 from producer.http import ApiError, ErrorBody, json_response, parse_day
@@ -13,9 +12,6 @@ from producer.services import get_services
 from producer.stats import DateChangingError, StatsReader
 
 blueprint = Blueprint("stats", __name__)
-
-# One bound on raw objects being parsed, shared by every query of the app.
-_SLOTS_KEY: Final = "bus_stats.stats_slots"
 
 
 class CountryStatsQuery(BaseModel):
@@ -41,13 +37,6 @@ class CountryStatsView(BaseModel):
     to: date
     stats: list[CountryDayView] = Field(description="sorted by date, then country")
     missing_dates: list[date] = Field(description="dates in the range with no committed data")
-
-
-def _slots(concurrency: int) -> asyncio.Semaphore:
-    slots = current_app.extensions.get(_SLOTS_KEY)
-    if not isinstance(slots, asyncio.Semaphore):
-        slots = current_app.extensions[_SLOTS_KEY] = asyncio.Semaphore(concurrency)
-    return slots
 
 
 def _parse_range(max_days: int) -> tuple[date, date]:
@@ -80,14 +69,18 @@ async def country_stats() -> Response:
         services.store,
         services.layout,
         concurrency=settings.stats_concurrency,
-        slots=_slots(settings.stats_concurrency),
+        slots=services.stats_slots,
     )
+    clock = time.monotonic()
     try:
         result = await reader.country_stats(start, end)
     except DateChangingError as error:
         raise ApiError(
             503, f"dates changed while being read, try again: {', '.join(map(str, error.days))}"
         ) from error
+    services.metrics.stats_seconds.observe(time.monotonic() - clock)
+    services.metrics.stats_bytes.inc(result.counts.bytes_read)
+    services.metrics.stats_partials.inc(result.counts.partials_used)
     # Rows are dataclasses and dates: orjson writes them natively, without a model pass.
     return json_response(
         {

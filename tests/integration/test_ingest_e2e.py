@@ -106,6 +106,16 @@ async def test_dates_flow_from_request_to_s3_with_two_consumers(
         again = await post(http, api, f"date={days[0]}")
         assert again[0] == 200
         assert again[1]["status"] == "succeeded"
+        query = f"from={days[0]}&to={days[-1] + timedelta(days=1)}"
+        async with http.get(f"{api.url}/country-stats?{query}") as response:
+            assert response.status == 200
+            answer = await response.json()
+    assert answer == {
+        "from": days[0].isoformat(),
+        "to": (days[-1] + timedelta(days=1)).isoformat(),
+        "stats": expected_stats(FAST, days),
+        "missing_dates": [(days[-1] + timedelta(days=1)).isoformat()],
+    }
     assert await stored_stats(store, settings, days) == expected_stats(FAST, days)
     handled_by = {
         line.get("job_id")
