@@ -40,9 +40,13 @@ class Layout:
     def manifest(self, day: date) -> str:
         return f"{self.prefix}manifests/date={day.isoformat()}/manifest.json"
 
+    @property
+    def data_root(self) -> str:
+        return f"{self.prefix}data/"
+
     def date_data(self, day: date) -> str:
         """The folder holding every run of a date (for cleanup)."""
-        return f"{self.prefix}data/date={day.isoformat()}/"
+        return f"{self.data_root}date={day.isoformat()}/"
 
     def run_data(self, day: date, run_id: str) -> str:
         return f"{self.date_data(day)}run={check_id(run_id, 'run id')}/"

@@ -18,7 +18,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import orjson
 
@@ -341,10 +341,20 @@ class _Run:
                 and _before(item.last_modified, self.started)
             ]
             await store.delete(stale)
-            uploads = await store.pending_uploads(layout.date_data(self.day))
+            # This date's unfinished uploads from older runs, and any date's very old ones
+            # (left by a process that died and whose date was never processed again).
+            abandoned = utc_now() - timedelta(seconds=self.h.settings.stale_upload_seconds)
+            uploads = [
+                upload
+                for upload in await store.pending_uploads(layout.data_root)
+                if _before(upload.initiated, abandoned)
+                or (
+                    upload.key.startswith(layout.date_data(self.day))
+                    and _before(upload.initiated, self.started)
+                )
+            ]
             for upload in uploads:
-                if _before(upload.initiated, self.started):
-                    await store.abort_upload(upload.key, upload.upload_id)
+                await store.abort_upload(upload.key, upload.upload_id)
         except Exception as error:  # noqa: BLE001 - the date is committed; the next run sweeps again
             log.warning("date.sweep_failed", run_id=self.run_id, error=repr(error))
         else:
