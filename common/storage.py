@@ -166,7 +166,7 @@ class S3Store:
         try:
             response = await self.client.put_object(**request)
         except ClientError as error:
-            if _error_code(error) in {"WriteConflictError", "412", "ConditionalRequestConflict"}:
+            if _error_code(error) in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
                 raise WriteConflictError(key) from error
             raise
         return response["ETag"]

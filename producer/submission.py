@@ -8,9 +8,10 @@ from typing import Protocol
 from common.jobs import JobStore
 from common.logs import get_logger
 from common.messages import JobMessage
-from common.models import ACTIVE_STATUSES, JobState, utc_now
+from common.models import ACTIVE_STATUSES, JobState, JobStatus, utc_now
 
 log = get_logger(__name__)
+_REUSED_STATUSES: frozenset[JobStatus] = ACTIVE_STATUSES | {"succeeded"}
 _POINTER_RACES = 5  # how often to re-read after losing the race for the date's pointer
 
 
@@ -25,7 +26,10 @@ class Submission:
 
 
 async def submit(jobs: JobStore, publisher: Publisher, day: date, *, force: bool) -> Submission:
-    """The date's job: the existing one when it is queued, running or (unless forced) done.
+    """The date's job: the existing one when it is queued, running or done, unless forced.
+
+    ``force`` always makes a new job: it re-fetches a done date, and it is also the way
+    out for a job whose message was lost (the API died between claiming and publishing).
 
     A new job is written as ``queued``, made the date's newest with a compare-and-swap
     (so two concurrent requests create one job), then published; publishing raises
@@ -33,9 +37,7 @@ async def submit(jobs: JobStore, publisher: Publisher, day: date, *, force: bool
     """
     for _ in range(_POINTER_RACES):
         current, etag = await jobs.latest(day)
-        if current is not None and (
-            current.status in ACTIVE_STATUSES or (current.status == "succeeded" and not force)
-        ):
+        if current is not None and not force and current.status in _REUSED_STATUSES:
             return Submission(job=current, created=False)
         now = utc_now()
         job = JobState(
