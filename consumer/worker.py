@@ -99,8 +99,7 @@ class Worker:
             await connection.close()
 
     def _on_connection_lost(self, _sender: Any, error: BaseException | None) -> None:
-        if self._running:
-            log.warning("broker.connection_lost", running=len(self._running), error=repr(error))
+        log.warning("broker.connection_lost", running=len(self._running), error=repr(error))
         for task in self._running:
             task.cancel("broker connection lost")
 

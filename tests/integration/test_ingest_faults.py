@@ -103,8 +103,8 @@ async def test_dropped_broker_connections_heal_without_losing_a_job(
         countries=3,
         records_min=100,
         records_max=300,
-        latency_min=1,
-        latency_max=2,
+        latency_min=5,  # rabbitmqctl takes seconds: the first job is still fetching then
+        latency_max=6,
     )
     days = [DAY, date(2024, 3, 2)]
     async with serve(config) as live:
