@@ -9,6 +9,7 @@ stream at once.
 
 import asyncio
 import contextlib
+import io
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -156,7 +157,7 @@ class S3Store:
         request: PutObjectRequestTypeDef = {
             "Bucket": self.bucket,
             "Key": key,
-            "Body": body,
+            "Body": io.BytesIO(body),  # sent in chunks; BytesIO shares the bytes, no copy
             "ContentType": content_type,
         }
         if if_none_match:
@@ -272,15 +273,12 @@ class S3Writer:
                 Bucket=bucket, Key=self.key, ContentType=self._content_type
             )
             self._upload_id = created["UploadId"]
-        # Hand the buffer itself to the upload (no copy): a part costs its size once.
-        body, self._buffer = self._buffer, bytearray()
+        # A file object is sent in chunks (raw bytes would go to the socket in one write);
+        # the buffer is released as soon as it is copied into it.
+        body, self._buffer = io.BytesIO(self._buffer), bytearray()
         number = len(self._parts) + 1
         sent = await client.upload_part(
-            Bucket=bucket,
-            Key=self.key,
-            UploadId=self._upload_id,
-            PartNumber=number,
-            Body=body,  # type: ignore[arg-type]  # botocore sends any bytes-like; stubs say bytes
+            Bucket=bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=body
         )
         del body
         self._parts.append({"ETag": sent["ETag"], "PartNumber": number})

@@ -128,7 +128,14 @@ async def start_api(settings: Settings) -> Api:
     service = await start("api", "producer", environment(settings), "--port", str(port))
     url = f"http://127.0.0.1:{port}"
     await service.wait_for_event("api.started")
-    return Api(service=service, url=url)
+    # The lifecycle runs before Hypercorn accepts connections: wait until it does.
+    async with asyncio.timeout(START_TIMEOUT), aiohttp.ClientSession() as http:
+        while True:
+            with contextlib.suppress(aiohttp.ClientConnectionError):
+                async with http.get(f"{url}/healthz") as response:
+                    if response.status == 200:
+                        return Api(service=service, url=url)
+            await asyncio.sleep(0.05)  # the port opens within moments of the lifecycle
 
 
 @contextlib.asynccontextmanager

@@ -88,6 +88,19 @@ async def post(http: aiohttp.ClientSession, api: Api, query: str) -> tuple[int, 
         return response.status, body
 
 
+async def ingest_one_date(
+    settings: Settings, config: SimulatorConfig, day: date = DAY, **overrides: Any
+) -> tuple[Settings, dict[str, Any]]:
+    """Serve ``config``, run the API and one consumer, process ``day``: its final job."""
+    async with serve(config) as live:
+        settings = with_reference(settings, live.url, **overrides)
+        api = await start_api(settings)
+        consumer = await start_consumer(settings)
+        async with running(api.service, consumer), aiohttp.ClientSession() as http:
+            _, body = await post(http, api, f"date={day}")
+            return settings, await wait_for_job(http, api.url, body["job_id"])
+
+
 async def test_dates_flow_from_request_to_s3_with_two_consumers(
     settings: Settings, store: S3Store, simulator: LiveSimulator, amqp: AbstractRobustConnection
 ) -> None:
@@ -163,13 +176,7 @@ async def test_malformed_records_are_counted_and_kept_aside(
         latency_max=0,
         malformed_rate=0.05,
     )
-    async with serve(config) as live:
-        settings = with_reference(settings, live.url)
-        api = await start_api(settings)
-        consumer = await start_consumer(settings)
-        async with running(api.service, consumer), aiohttp.ClientSession() as http:
-            _, body = await post(http, api, f"date={DAY}")
-            job = await wait_for_job(http, api.url, body["job_id"])
+    settings, job = await ingest_one_date(settings, config)
     bad = sum(expected_bad_records(config, [DAY]).values())
     assert bad > 0
     assert job["status"] == "succeeded"
@@ -196,13 +203,7 @@ async def test_both_date_dialects_are_learnt(
         latency_max=0,
         date_param=dialect,
     )
-    async with serve(config) as live:
-        settings = with_reference(settings, live.url)
-        api = await start_api(settings)
-        consumer = await start_consumer(settings)
-        async with running(api.service, consumer), aiohttp.ClientSession() as http:
-            _, body = await post(http, api, f"date={DAY}")
-            job = await wait_for_job(http, api.url, body["job_id"])
+    settings, job = await ingest_one_date(settings, config)
     assert job["status"] == "succeeded"
     assert await stored_stats(store, settings, [DAY]) == expected_stats(config, [DAY])
 
@@ -214,13 +215,7 @@ async def test_transient_faults_are_retried_and_the_result_is_exact(
         seed=11, cities=10, countries=3, records_min=200, records_max=600, latency_max=0,
         fail_rate=0.3, timeout_rate=0.1, truncate_rate=0.1, fail_attempts=2,
     )  # fmt: skip
-    async with serve(config) as live:
-        settings = with_reference(settings, live.url, read_timeout_seconds=1.0)
-        api = await start_api(settings)
-        consumer = await start_consumer(settings)
-        async with running(api.service, consumer), aiohttp.ClientSession() as http:
-            _, body = await post(http, api, f"date={DAY}")
-            job = await wait_for_job(http, api.url, body["job_id"])
+    settings, job = await ingest_one_date(settings, config, read_timeout_seconds=1.0)
     assert job["status"] == "succeeded", job
     assert job["retries"] > 0
     assert await stored_stats(store, settings, [DAY]) == expected_stats(config, [DAY])
@@ -240,13 +235,7 @@ async def test_a_city_that_never_answers_fails_the_job_and_dead_letters_it(
         latency_max=0,
         fail_permanently=frozenset({3}),
     )
-    async with serve(config) as live:
-        settings = with_reference(settings, live.url, retry_attempts=2, delivery_limit=1)
-        api = await start_api(settings)
-        consumer = await start_consumer(settings)
-        async with running(api.service, consumer), aiohttp.ClientSession() as http:
-            _, body = await post(http, api, f"date={DAY}")
-            job = await wait_for_job(http, api.url, body["job_id"])
+    settings, job = await ingest_one_date(settings, config, retry_attempts=2, delivery_limit=1)
     assert job["status"] == "failed"
     assert "city 3" in job["error"]
     assert job["attempts"] == 2  # the first delivery and the one redelivery allowed
@@ -256,7 +245,7 @@ async def test_a_city_that_never_answers_fails_the_job_and_dead_letters_it(
     channel = await amqp.channel()
     dead = await channel.get_queue(Names(settings.namespace).dead_letter_queue)
     message = await dead.get(timeout=5)
-    assert message.message_id == body["job_id"]
+    assert message.message_id == job["job_id"]
     await message.ack()
 
 

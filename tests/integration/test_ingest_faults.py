@@ -16,7 +16,7 @@ from refsim import SimulatorConfig, cities, expected_stats
 from refsim.server import serve
 from tests.integration.broker import close_connections
 from tests.integration.services import running, start_api, start_consumer, wait_for_job
-from tests.integration.test_ingest_e2e import post, stored_stats, with_reference
+from tests.integration.test_ingest_e2e import ingest_one_date, post, stored_stats, with_reference
 
 pytestmark = pytest.mark.integration
 
@@ -165,13 +165,7 @@ async def test_untrusted_city_names_never_become_key_paths(
     )
     names = {city.name for city in cities(config)}
     assert {"../x", "Zürich/Nord"} <= names
-    async with serve(config) as live:
-        settings = with_reference(settings, live.url)
-        api = await start_api(settings)
-        consumer = await start_consumer(settings)
-        async with running(api.service, consumer), aiohttp.ClientSession() as http:
-            _, body = await post(http, api, f"date={DAY}")
-            await wait_for_job(http, api.url, body["job_id"])
+    await ingest_one_date(settings, config, DAY)
     allowed = re.compile(
         r"^(jobs/[0-9a-f]{32}\.json"
         r"|dates/date=\d{4}-\d{2}-\d{2}/latest-job\.json"
