@@ -90,6 +90,63 @@ class BadRecord:
 
 def normalise_record(city_id: int, item: Any) -> dict[str, Any] | BadRecord:
     """The stored form of one server record, or why it cannot be stored."""
+    usual = _normalise_usual(city_id, item)
+    return usual if usual is not None else _normalise_checked(city_id, item)
+
+
+_CANONICAL_TIME_LENGTH: Final = len("2024-01-01T03:00:00")
+
+
+def _normalise_usual(city_id: int, item: Any) -> dict[str, Any] | None:
+    """The fast path for what the server sends almost always; ``None`` for anything else.
+
+    Exact types, a canonical naive time and a ``PT<n>S`` or ``P0D`` delay: one pass with
+    no helper calls, since it runs for every one of millions of records.
+    """
+    try:
+        departure = item["departure-time"]
+        bus_type = item["bus-type"]
+        passengers = item["passengers"]
+        delay = item["delay"]
+        accident = item["accident"]
+    except (KeyError, TypeError, IndexError):
+        return None
+    if not (
+        type(departure) is str
+        and len(departure) == _CANONICAL_TIME_LENGTH
+        and departure[10] == "T"
+        and type(bus_type) is str
+        and type(passengers) is int
+        and passengers >= 0
+        and type(accident) is bool
+        and type(delay) is str
+    ):
+        return None
+    digits = delay[2:-1]
+    if delay.startswith("PT") and delay.endswith("S") and digits.isascii() and digits.isdigit():
+        seconds = float(digits)
+    elif delay == "P0D":
+        seconds = 0.0
+    else:
+        return None
+    try:
+        datetime.fromisoformat(departure)  # a real date and time, already in canonical form
+    except ValueError:
+        return None
+    if not math.isfinite(seconds):
+        return None
+    return {
+        CITY_ID: city_id,
+        DEPARTURE_TIME: departure,
+        BUS_TYPE: bus_type,
+        PASSENGERS: passengers,
+        DELAY_SECONDS: seconds,
+        ACCIDENT: accident,
+    }
+
+
+def _normalise_checked(city_id: int, item: Any) -> dict[str, Any] | BadRecord:
+    """Every other form, field by field, with the reason when one is wrong."""
     try:
         return {
             CITY_ID: city_id,
@@ -115,13 +172,12 @@ def _bad(city_id: int, reason: str, item: Any) -> BadRecord:
 
 def _departure_time(value: Any) -> str:
     text = _string(value, "departure-time")
-    problem = ValueError(f"departure-time is not an ISO date-time: {text[:40]!r}")
-    if "T" not in text:  # a bare date has no time of departure
-        raise problem
     try:
+        if "T" not in text:  # a bare date has no time of departure
+            raise ValueError(text)  # noqa: TRY301 - one message for both refusals, below
         return datetime.fromisoformat(text).isoformat()
     except ValueError:
-        raise problem from None
+        raise ValueError(f"departure-time is not an ISO date-time: {text[:40]!r}") from None
 
 
 def _string(value: Any, name: str) -> str:

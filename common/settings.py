@@ -48,8 +48,8 @@ class Settings(BaseSettings):
     retry_backoff_seconds: float = Field(0.5, gt=0)
     retry_backoff_max_seconds: float = Field(10.0, gt=0)
     date_param: DateParam = "auto"
-    part_size_bytes: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024)
-    memory_budget_bytes: int = Field(64 * 1024 * 1024, ge=5 * 1024 * 1024)
+    part_size_bytes: int = Field(5 * 1024 * 1024, ge=5 * 1024 * 1024)
+    memory_budget_bytes: int = Field(32 * 1024 * 1024, ge=5 * 1024 * 1024)
     delivery_limit: int = Field(3, ge=1, le=100)
     shutdown_grace_seconds: float = Field(20.0, ge=0)
     stale_upload_seconds: float = Field(3600.0, ge=0)
