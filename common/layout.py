@@ -8,6 +8,7 @@
     <prefix>data/date=2024-01-01/run=<run_id>/city=<id>.jsonl     one city's records
     <prefix>data/date=2024-01-01/run=<run_id>/rejects.jsonl       records that failed validation
     <prefix>partials/date=2024-01-01/run=<run_id>/city=<id>.<etag>.json   cached partial sums
+    <prefix>partials/date=2024-01-01/run=<run_id>/date.<manifest etag>.json   a date's sums
 
 City and country names come from an outside server and never appear in a key.
 """
@@ -60,6 +61,11 @@ class Layout:
     def date_partials(self, day: date) -> str:
         """The folder holding every cached partial of a date (for cleanup)."""
         return f"{self.prefix}partials/date={day.isoformat()}/"
+
+    def date_summary(self, day: date, run_id: str, manifest_etag: str) -> str:
+        """The cached sums of a whole committed date, tied to its manifest's ETag."""
+        clean_etag = re.sub(r"[^0-9A-Za-z-]", "", manifest_etag)
+        return f"{self.date_partials(day)}run={check_id(run_id, 'run id')}/date.{clean_etag}.json"
 
     def partial(self, data_key: str, etag: str) -> str:
         """The cached partial sums of one data object, tied to its ETag."""

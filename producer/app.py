@@ -17,6 +17,7 @@ from producer.metrics import ApiMetrics
 from producer.publisher import JobPublisher
 from producer.routes import health, jobs, stats
 from producer.services import EXTENSION_KEY, Services
+from producer.stats import SummaryCache
 
 log = get_logger(__name__)
 MAX_REQUEST_BYTES = 64 * 1024
@@ -50,6 +51,7 @@ def create_app(settings: Settings, metrics: ApiMetrics | None = None) -> Quart:
                 publisher=publisher,
                 metrics=metrics,
                 stats_slots=asyncio.Semaphore(settings.stats_concurrency),
+                stats_cache=SummaryCache(),
             )
             log.info("api.started", namespace=settings.namespace, bucket=settings.s3_bucket)
             yield

@@ -10,6 +10,7 @@ from common.layout import Layout
 from common.settings import Settings
 from common.storage import S3Store
 from producer.metrics import ApiMetrics
+from producer.stats import SummaryCache
 
 if TYPE_CHECKING:
     from producer.publisher import JobPublisher
@@ -26,6 +27,8 @@ class Services:
     metrics: ApiMetrics
     stats_slots: asyncio.Semaphore
     """Raw objects parsed at once, shared by every stats query of the process."""
+    stats_cache: SummaryCache
+    """Whole dates' sums by manifest version, shared by every stats query of the process."""
 
 
 def get_services() -> Services:

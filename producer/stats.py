@@ -11,6 +11,11 @@ object (or its sidecar) with at most ``concurrency`` objects in flight, so that 
 bounded by the largest object times the concurrency, not by the range. Parsing and pandas
 run in worker threads; the event loop only moves bytes.
 
+Once a date is read whole, its sums are cached again at the date level: in S3, keyed by
+the manifest's ETag (one small read per date for a warm query, from any API process),
+and in the process's memory (no read at all). A re-processed date has a new manifest
+ETag, so neither cache can answer for it.
+
 A date is always read from one manifest: if an object of that manifest has vanished (the
 date was re-processed meanwhile), everything read for the date is dropped and the date is
 read again from its new manifest.
@@ -19,6 +24,7 @@ read again from its new manifest.
 import asyncio
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -98,6 +104,7 @@ class ReadCounts:
     objects_read: int
     bytes_read: int
     dates_reread: int
+    dates_cached: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +225,39 @@ class StatsStore(Protocol):
     ) -> str: ...
 
 
+class DateSummary(BaseModel):
+    """The sidecar of a whole committed date: every city's sums with its country."""
+
+    version: Literal[1] = 1
+    date: date
+    manifest_etag: str
+    cities: list[tuple[str, CitySums]]
+
+
+DayItems = list[tuple[date, str, CitySums]]
+
+
+class SummaryCache:
+    """The sums of recently read dates, by (date, manifest ETag), least recently used out."""
+
+    def __init__(self, max_dates: int = 4096) -> None:
+        self._items: OrderedDict[tuple[date, str], DayItems] = OrderedDict()
+        self._max_dates = max_dates
+
+    def get(self, day: date, manifest_etag: str) -> DayItems | None:
+        key = (day, manifest_etag)
+        items = self._items.get(key)
+        if items is not None:
+            self._items.move_to_end(key)
+        return items
+
+    def put(self, day: date, manifest_etag: str, items: DayItems) -> None:
+        self._items[day, manifest_etag] = items
+        self._items.move_to_end((day, manifest_etag))
+        while len(self._items) > self._max_dates:
+            self._items.popitem(last=False)
+
+
 class DateChangingError(Exception):
     """A date's committed version kept changing (or lost an object) while being read."""
 
@@ -254,6 +294,7 @@ class _Counter:
     objects_read: int = 0
     bytes_read: int = 0
     dates_reread: int = 0
+    dates_cached: int = 0
 
     def frozen(self) -> ReadCounts:
         return ReadCounts(
@@ -262,6 +303,7 @@ class _Counter:
             objects_read=self.objects_read,
             bytes_read=self.bytes_read,
             dates_reread=self.dates_reread,
+            dates_cached=self.dates_cached,
         )
 
 
@@ -275,6 +317,7 @@ class StatsReader:
         slots: bounds raw objects being downloaded or parsed at once; pass one semaphore
             shared by every query of the process so concurrent queries share the bound.
         max_attempts: how often one date is read again after its version changed.
+        cache: the process's cache of whole dates' sums (shared by its queries).
     """
 
     def __init__(
@@ -285,6 +328,7 @@ class StatsReader:
         concurrency: int,
         slots: asyncio.Semaphore | None = None,
         max_attempts: int = 3,
+        cache: SummaryCache | None = None,
     ) -> None:
         if concurrency < 1 or max_attempts < 1:
             raise ValueError("concurrency and max_attempts must be at least 1")
@@ -293,6 +337,7 @@ class StatsReader:
         self._concurrency = concurrency
         self._slots = slots if slots is not None else asyncio.Semaphore(concurrency)
         self._max_attempts = max_attempts
+        self._cache = cache if cache is not None else SummaryCache()
 
     async def country_stats(self, start: date, end: date) -> CountryStats:
         """Rows for every committed (date, country) in ``start..end``, plus missing dates."""
@@ -304,10 +349,14 @@ class StatsReader:
         manifests = await self._manifests(days, counter)
         missing = {day for day, manifest in manifests.items() if manifest is None}
         pending = {day: manifest for day, manifest in manifests.items() if manifest is not None}
-        done: dict[date, list[tuple[date, str, CitySums]]] = {}
+        done: dict[date, DayItems] = {}
         attempt = 1
         while True:
-            changed = await self._read_dates(pending, done, counter)
+            await self._cached_dates(pending, done, counter)
+            read: dict[date, DayItems] = {}
+            changed = await self._read_dates(pending, read, counter)
+            done.update(read)
+            await self._save_summaries({day: pending[day] for day in read}, read)
             if not changed:
                 break
             if attempt >= self._max_attempts:
@@ -330,31 +379,79 @@ class StatsReader:
             objects=counts.objects_read,
             bytes=counts.bytes_read,
             reread=counts.dates_reread,
+            cached_dates=counts.dates_cached,
             seconds=round(time.perf_counter() - started, 3),
         )
         return CountryStats(start, end, rows, sorted(missing), counts)
 
     async def _manifests(
         self, days: Sequence[date], counter: _Counter
-    ) -> dict[date, Manifest | None]:
-        found: dict[date, Manifest | None] = {}
+    ) -> dict[date, "_Committed | None"]:
+        found: dict[date, _Committed | None] = {}
 
         async def read(day: date) -> None:
             stored = await self._store.get(self._layout.manifest(day))
             counter.manifests_read += 1
-            found[day] = None if stored is None else Manifest.model_validate_json(stored.body)
+            found[day] = (
+                None
+                if stored is None
+                else _Committed(Manifest.model_validate_json(stored.body), stored.etag)
+            )
 
-        await run_bounded(days, read, self._concurrency)
+        # Manifests are small: more of them in flight than raw objects.
+        await run_bounded(days, read, max(self._concurrency, _SMALL_READS))
         return found
+
+    async def _cached_dates(
+        self, pending: "dict[date, _Committed]", done: dict[date, DayItems], counter: _Counter
+    ) -> None:
+        """Move the dates whose sums are cached (memory, then S3) from pending to done."""
+        unknown: list[date] = []
+        for day, committed in pending.items():
+            items = self._cache.get(day, committed.etag)
+            if items is None:
+                unknown.append(day)
+            else:
+                done[day] = items
+
+        async def read(day: date) -> None:
+            committed = pending[day]
+            key = self._layout.date_summary(day, committed.manifest.run_id, committed.etag)
+            stored = await self._store.get(key)
+            summary = None if stored is None else _decode_summary(stored.body, committed)
+            if summary is not None:
+                items = [(day, country, sums) for country, sums in summary.cities]
+                self._cache.put(day, committed.etag, items)
+                done[day] = items
+
+        await run_bounded(unknown, read, max(self._concurrency, _SMALL_READS))
+        for day in [day for day in pending if day in done]:
+            counter.dates_cached += 1
+            del pending[day]
+
+    async def _save_summaries(
+        self, committed: "dict[date, _Committed]", read: dict[date, DayItems]
+    ) -> None:
+        for day, items in read.items():
+            version = committed[day]
+            self._cache.put(day, version.etag, items)
+            summary = DateSummary(
+                date=day,
+                manifest_etag=version.etag,
+                cities=[(country, sums) for _, country, sums in items],
+            )
+            key = self._layout.date_summary(day, version.manifest.run_id, version.etag)
+            await self._save_sidecar(key, summary)
 
     async def _read_dates(
         self,
-        manifests: dict[date, Manifest],
-        done: dict[date, list[tuple[date, str, CitySums]]],
+        committed: "dict[date, _Committed]",
+        done: dict[date, DayItems],
         counter: _Counter,
     ) -> set[date]:
         """Reads every object of the given manifests; returns the dates that changed."""
-        found: dict[date, list[tuple[date, str, CitySums]]] = {day: [] for day in manifests}
+        manifests = {day: version.manifest for day, version in committed.items()}
+        found: dict[date, DayItems] = {day: [] for day in manifests}
         countries = {day: city_countries(manifest) for day, manifest in manifests.items()}
         changed: set[date] = set()
         units = [(day, city) for day, manifest in manifests.items() for city in manifest.cities]
@@ -392,18 +489,43 @@ class StatsReader:
             counter.bytes_read += len(stored.body)
             sums = await asyncio.to_thread(sums_of_body, stored.body)
             del stored
-        await self._save_partial(
+        await self._save_sidecar(
             partial_key, ObjectPartial(key=city.key, etag=city.etag, cities=sums)
         )
         return sums
 
-    async def _save_partial(self, key: str, partial: ObjectPartial) -> None:
+    async def _save_sidecar(self, key: str, sidecar: BaseModel) -> None:
         try:
-            await self._store.put(key, partial.model_dump_json().encode())
+            await self._store.put(key, sidecar.model_dump_json().encode())
         except (ClientError, BotoCoreError) as error:
             # The sidecar is a cache: the answer is right without it, the next query
             # simply parses the object again.
             log.warning("partial.write_failed", key=key, error=repr(error))
+
+
+@dataclass(frozen=True, slots=True)
+class _Committed:
+    """A date's manifest and the ETag it was read with (its version)."""
+
+    manifest: Manifest
+    etag: str
+
+
+_SMALL_READS: Final = 16  # manifests and date summaries in flight at once
+
+
+def _decode_summary(body: bytes, committed: _Committed) -> DateSummary | None:
+    try:
+        summary = DateSummary.model_validate_json(body)
+    except ValidationError:
+        log.warning("summary.invalid", date=committed.manifest.date.isoformat())
+        return None
+    if summary.date != committed.manifest.date or not _same_etag(
+        summary.manifest_etag, committed.etag
+    ):
+        log.warning("summary.mismatch", date=committed.manifest.date.isoformat())
+        return None
+    return summary
 
 
 def _decode_partial(body: bytes, city: CityObject) -> ObjectPartial | None:

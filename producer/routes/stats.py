@@ -70,6 +70,7 @@ async def country_stats() -> Response:
         services.layout,
         concurrency=settings.stats_concurrency,
         slots=services.stats_slots,
+        cache=services.stats_cache,
     )
     clock = time.monotonic()
     try:

@@ -173,9 +173,11 @@ async def test_exact_figures_then_partials_without_raw_data(
     assert len(data) == 7
     wanted: list[str] = []
     for day in (DAY, DAY + timedelta(days=2)):
-        manifest, _ = await ManifestStore(store, layout).get(day)
+        manifest, etag = await ManifestStore(store, layout).get(day)
         assert manifest is not None
+        assert etag is not None
         wanted.extend(layout.partial(city.key, city.etag) for city in manifest.cities)
+        wanted.append(layout.date_summary(day, manifest.run_id, etag))
     assert sorted(partials) == sorted(wanted)
 
     await store.delete(data)  # from now on only the partials can answer

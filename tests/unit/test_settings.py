@@ -98,7 +98,7 @@ def test_settings_are_frozen(clean_env: pytest.MonkeyPatch) -> None:
 
 
 def test_part_slots_fit_the_memory_budget(clean_env: pytest.MonkeyPatch) -> None:
-    assert Settings().part_slots == 8
+    assert Settings().part_slots == 6  # 32 MiB of 5 MiB parts
     clean_env.setenv("BUSSTATS_MEMORY_BUDGET_BYTES", str(5 * 1024 * 1024))
     assert load_settings().part_slots == 1
 

@@ -282,7 +282,25 @@ async def test_reader_reports_missing_dates_and_uses_partials_the_second_time() 
     second = await reader.country_stats(DAY, DAY + timedelta(days=3))
     assert second.rows == first.rows
     assert second.missing_dates == first.missing_dates
-    assert (second.counts.objects_read, second.counts.partials_used) == (0, 4)
+    counts = second.counts
+    assert (counts.objects_read, counts.partials_used, counts.dates_cached) == (0, 0, 2)
+    assert not [key for key in store.gets if "/manifest.json" not in key]  # memory answered
+
+    store.gets.clear()
+    another_process = StatsReader(store, LAYOUT, concurrency=2)
+    third = await another_process.country_stats(DAY, DAY + timedelta(days=3))
+    assert third.rows == first.rows
+    assert (third.counts.objects_read, third.counts.dates_cached) == (0, 2)
+    assert not [key for key in store.gets if key.endswith(".jsonl")]
+    assert len([key for key in store.gets if "/date." in key]) == 2  # one summary a date
+
+    store.gets.clear()
+    without_summaries = StatsReader(store, LAYOUT, concurrency=2)
+    for key in [key for key in store.objects if "/date." in key]:
+        del store.objects[key]
+    fourth = await without_summaries.country_stats(DAY, DAY + timedelta(days=3))
+    assert fourth.rows == first.rows
+    assert (fourth.counts.objects_read, fourth.counts.partials_used) == (0, 4)
     assert not [key for key in store.gets if key.endswith(".jsonl")]
 
 
@@ -340,6 +358,8 @@ async def test_a_date_reprocessed_mid_read_gives_one_whole_version(
     if cached == "some":
         city = manifest.cities[-1]
         del store.objects[LAYOUT.partial(city.key, city.etag)]
+        for key in [key for key in store.objects if "/date." in key]:
+            del store.objects[key]  # no whole-date summary either: per-object partials only
     store.armed = True
     result = await StatsReader(store, LAYOUT, concurrency=2).country_stats(DAY, DAY)
     assert not store.armed
