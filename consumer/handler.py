@@ -69,13 +69,17 @@ class Handler:
     async def handle(self, message: JobMessage, *, last_delivery: bool) -> JobState:
         """Run the job; raises :class:`JobFailedError` (state saved) or re-raises cancellation."""
         state = await self.jobs.get(message.job_id) or _new_state(message)
-        if state.status == "succeeded":
-            log.info("job.already_done")
-            return state
         committed, _ = await self.manifests.get(message.date)
-        if committed is not None and committed.job_id == message.job_id:
-            log.info("job.already_committed", run_id=committed.run_id)
-            return await self._save_succeeded(state, committed)
+        ours = committed is not None and committed.job_id == message.job_id
+        if state.status == "succeeded" or ours:
+            # A redelivery after the commit (the ack or the job's last write was lost):
+            # finish what that delivery may not have, the state and the sweep.
+            log.info("job.already_committed", status=state.status)
+            if committed is not None and ours:
+                if state.status != "succeeded":
+                    state = await self._save_succeeded(state, committed)
+                await self.sweep(committed)
+            return state
         run = _Run(self, message, state)
         return await run.execute(last_delivery=last_delivery)
 
@@ -95,6 +99,50 @@ class Handler:
         )
         await self.jobs.save(done)
         return done
+
+    async def sweep(self, manifest: Manifest) -> None:
+        """Delete older runs' objects and partials, abort their uploads (best effort).
+
+        Only what was created before the committed run started is touched: runs that
+        started earlier can no longer commit (commits only move forward in time), and a
+        run that started later owns its files.
+        """
+        keep = {city.key for city in manifest.cities}
+        if manifest.rejects is not None:
+            keep.add(manifest.rejects.key)
+        layout, store = self.layout, self.store
+        current_partials = f"{layout.date_partials(manifest.date)}run={manifest.run_id}/"
+        try:
+            stale = [
+                item.key
+                async for item in store.list_objects(layout.date_data(manifest.date))
+                if item.key not in keep and _before(item.last_modified, manifest.fetched_at)
+            ]
+            stale += [
+                item.key
+                async for item in store.list_objects(layout.date_partials(manifest.date))
+                if not item.key.startswith(current_partials)
+                and _before(item.last_modified, manifest.fetched_at)
+            ]
+            await store.delete(stale)
+            # This date's unfinished uploads from older runs, and any date's very old ones
+            # (left by a process that died and whose date was never processed again).
+            abandoned = utc_now() - timedelta(seconds=self.settings.stale_upload_seconds)
+            uploads = [
+                upload
+                for upload in await store.pending_uploads(layout.data_root)
+                if _before(upload.initiated, abandoned)
+                or (
+                    upload.key.startswith(layout.date_data(manifest.date))
+                    and _before(upload.initiated, manifest.fetched_at)
+                )
+            ]
+            for upload in uploads:
+                await store.abort_upload(upload.key, upload.upload_id)
+        except Exception as error:  # noqa: BLE001 - the date is committed; the next run sweeps again
+            log.warning("date.sweep_failed", run_id=manifest.run_id, error=repr(error))
+        else:
+            log.info("date.swept", run_id=manifest.run_id, objects=len(stale), uploads=len(uploads))
 
 
 def _new_state(message: JobMessage) -> JobState:
@@ -119,6 +167,7 @@ class _Run:
         self.day = message.date
         self.run_id = uuid.uuid4().hex
         self.started = utc_now()
+        self._committed = False
         self.state = state.model_copy(
             update={
                 "status": "running",
@@ -146,7 +195,9 @@ class _Run:
             log.info("job.started", run_id=self.run_id, attempt=self.state.attempts)
             results = await self._ingest_all(await self._cities())
             manifest = await self._commit(results)
-            done = await self.h._save_succeeded(self.state, manifest)
+            # Committed: from here on nothing may delete this run's objects, and the
+            # job's last write is shielded from cancellation.
+            done = await asyncio.shield(self.h._save_succeeded(self.state, manifest))
         except asyncio.CancelledError:
             await asyncio.shield(self._give_up("interrupted: the job was requeued", "queued"))
             self.h.metrics.jobs.labels("requeued").inc()
@@ -170,7 +221,8 @@ class _Run:
             retries=self.state.retries,
             seconds=round(time.monotonic() - clock, 3),
         )
-        await self._sweep(manifest)
+        if manifest.run_id == self.run_id:
+            await self.h.sweep(manifest)
         return done
 
     async def _cities(self) -> list[City]:
@@ -276,12 +328,19 @@ class _Run:
             rejects=rejects,
         )
         for _ in range(_COMMIT_RACES):
-            _, etag = await self.h.manifests.get(self.day)
+            current, etag = await self.h.manifests.get(self.day)
+            if current is not None and current.fetched_at >= self.started:
+                # A run that started later has committed: its data is newer, and it may
+                # already have swept this run's objects. This run's job is done by it.
+                log.info("manifest.superseded", run_id=self.run_id, by_run_id=current.run_id)
+                await self._delete_run_objects()
+                return current
             try:
                 await self.h.manifests.commit(manifest, etag)
             except WriteConflictError:
                 log.info("manifest.raced", run_id=self.run_id)
                 continue
+            self._committed = True
             log.info("manifest.committed", run_id=self.run_id, cities=len(manifest.cities))
             return manifest
         raise JobFailedError("the date's manifest kept changing during the commit", retryable=True)
@@ -307,58 +366,21 @@ class _Run:
         if status == "failed":
             update["finished_at"] = now
         self.state = self.state.model_copy(update=update)
+        if self._committed:
+            # Interrupted after the commit: the date is this run's; the redelivery will
+            # find it committed and finish the job's state and the sweep.
+            log.warning("job.interrupted_after_commit", run_id=self.run_id, reason=reason)
+            return
         log.warning("job.attempt_failed", run_id=self.run_id, reason=reason, status=status)
         try:
             await self.h.jobs.save(self.state)
-            prefix = self.h.layout.run_data(self.day, self.run_id)
-            await self.h.store.delete(
-                [item.key async for item in self.h.store.list_objects(prefix)]
-            )
+            await self._delete_run_objects()
         except Exception as error:  # noqa: BLE001 - cleanup must not hide the job's own error
             log.warning("job.cleanup_failed", run_id=self.run_id, error=repr(error))
 
-    async def _sweep(self, manifest: Manifest) -> None:
-        """Delete older runs' objects and partials, abort their uploads (best effort).
-
-        Only what was created before this run started is touched: a run that started
-        later (a concurrent re-processing) owns its own files.
-        """
-        keep = {city.key for city in manifest.cities}
-        if manifest.rejects is not None:
-            keep.add(manifest.rejects.key)
-        layout, store = self.h.layout, self.h.store
-        current_partials = f"{layout.date_partials(self.day)}run={self.run_id}/"
-        try:
-            stale = [
-                item.key
-                async for item in store.list_objects(layout.date_data(self.day))
-                if item.key not in keep and _before(item.last_modified, self.started)
-            ]
-            stale += [
-                item.key
-                async for item in store.list_objects(layout.date_partials(self.day))
-                if not item.key.startswith(current_partials)
-                and _before(item.last_modified, self.started)
-            ]
-            await store.delete(stale)
-            # This date's unfinished uploads from older runs, and any date's very old ones
-            # (left by a process that died and whose date was never processed again).
-            abandoned = utc_now() - timedelta(seconds=self.h.settings.stale_upload_seconds)
-            uploads = [
-                upload
-                for upload in await store.pending_uploads(layout.data_root)
-                if _before(upload.initiated, abandoned)
-                or (
-                    upload.key.startswith(layout.date_data(self.day))
-                    and _before(upload.initiated, self.started)
-                )
-            ]
-            for upload in uploads:
-                await store.abort_upload(upload.key, upload.upload_id)
-        except Exception as error:  # noqa: BLE001 - the date is committed; the next run sweeps again
-            log.warning("date.sweep_failed", run_id=self.run_id, error=repr(error))
-        else:
-            log.info("date.swept", run_id=self.run_id, objects=len(stale), uploads=len(uploads))
+    async def _delete_run_objects(self) -> None:
+        prefix = self.h.layout.run_data(self.day, self.run_id)
+        await self.h.store.delete([item.key async for item in self.h.store.list_objects(prefix)])
 
 
 def _before(moment: datetime, reference: datetime) -> bool:
