@@ -149,7 +149,9 @@ async def _stats(request: web.Request) -> web.StreamResponse:
         bound.info("stats.hanging", seconds=config.hang_seconds)
         await asyncio.sleep(config.hang_seconds)
     else:
-        await asyncio.sleep(state.latency())
+        latency = state.latency()
+        bound.info("stats.latency", seconds=latency)  # what a benchmark compares against
+        await asyncio.sleep(latency)
     if fault in {Fault.PERMANENT, Fault.ERROR}:
         status = 500 if fault is Fault.PERMANENT else error_status(config, *key)
         bound.info("stats.failed", status=status, fault=fault.value)

@@ -235,7 +235,8 @@ async def scenario_published(sizes: Sizes, report: Report) -> None:
         )
     section.notes.append(
         "Slowest latency: the largest delay the simulator drew for the date's 30 stats "
-        "requests (logged by scripts/bench_refsim.py); figures checked against the oracle."
+        "requests (each logged by the simulator as stats.latency); figures checked against "
+        "the oracle."
     )
     report.target(
         "published: job wall / slowest city latency (worst date)",

@@ -1,7 +1,8 @@
 """The processes one benchmark scenario runs against, and how to drive them.
 
 A :class:`Stack` is a fresh namespace with its own Moto server, simulator
-(:mod:`scripts.bench_refsim`) and API, plus as many consumers as a scenario asks for.
+(``python -m refsim``, which logs each latency it draws) and API, plus as many
+consumers as a scenario asks for.
 Closing it stops every child (consumers first), deletes the namespace's queues and
 exchanges, and stops Moto, which takes the bucket with it. Process handling comes from
 :mod:`scripts.demo`.
@@ -195,7 +196,7 @@ class Stack:
             [
                 python,
                 "-m",
-                "scripts.bench_refsim",
+                "refsim",
                 "--port=0",
                 "--log-format=json",
                 *simulator_argv(self.simulator),
