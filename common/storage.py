@@ -85,8 +85,8 @@ class ObjectWriter(Protocol):
     def bytes_written(self) -> int: ...
 
 
-class ObjectStore(Protocol):
-    """What the service needs of S3; tests of pure logic may implement it in memory."""
+class KeyValueStore(Protocol):
+    """Whole objects by key: all the stats reader needs (tests may keep it in memory)."""
 
     async def get(self, key: str) -> StoredObject | None: ...
 
@@ -99,6 +99,10 @@ class ObjectStore(Protocol):
         if_none_match: bool = False,
         if_match: str | None = None,
     ) -> str: ...
+
+
+class ObjectStore(KeyValueStore, Protocol):
+    """What the service needs of S3: whole objects, listings, deletes and uploads."""
 
     async def delete(self, keys: Iterable[str]) -> None: ...
 

@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Final, Literal, Protocol, TypeVar
+from typing import Final, Literal, TypeVar
 
 import pandas as pd
 import pyarrow as pa
@@ -40,7 +40,7 @@ from common.layout import Layout
 from common.logs import get_logger
 from common.models import CityObject, Manifest
 from common.records import ACCIDENT, CITY_ID, DELAY_SECONDS, PASSENGERS
-from common.storage import StoredObject
+from common.storage import KeyValueStore
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -209,22 +209,6 @@ def city_countries(manifest: Manifest) -> dict[int, str]:
 # --- reading from the object store ------------------------------------------------------
 
 
-class StatsStore(Protocol):
-    """What the reader needs of the object store (``S3Store`` has it)."""
-
-    async def get(self, key: str) -> StoredObject | None: ...
-
-    async def put(
-        self,
-        key: str,
-        body: bytes,
-        *,
-        content_type: str = "application/json",
-        if_none_match: bool = False,
-        if_match: str | None = None,
-    ) -> str: ...
-
-
 class DateSummary(BaseModel):
     """The sidecar of a whole committed date: every city's sums with its country."""
 
@@ -322,7 +306,7 @@ class StatsReader:
 
     def __init__(
         self,
-        store: StatsStore,
+        store: KeyValueStore,
         layout: Layout,
         *,
         concurrency: int,
