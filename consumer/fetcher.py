@@ -11,7 +11,6 @@ pinned in the settings, the client starts with the date-time form and switches f
 the first time the server answers ``400`` about the ``date`` parameter.
 """
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -169,8 +168,3 @@ class ReferenceClient:
 
 class _DateRejectedError(Exception):
     """The server answered 400 about the ``date`` parameter's form."""
-
-
-async def backoff(attempt: int, base: float, cap: float, rng: Any) -> None:
-    """Sleep before retry ``attempt`` (1-based): capped exponential, full jitter."""
-    await asyncio.sleep(rng.uniform(0, min(cap, base * 2 ** (attempt - 1))))

@@ -14,7 +14,6 @@ themselves) and leaves the committed version of the date untouched.
 """
 
 import asyncio
-import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -30,9 +29,10 @@ from common.models import CityObject, JobState, Manifest, RejectsObject, utc_now
 from common.records import BadRecord
 from common.settings import Settings
 from common.storage import S3Store, WriteConflictError
-from consumer.fetcher import City, FetchError, PermanentFetchError, ReferenceClient, backoff
-from consumer.ingest import CityFailedError, CityIngest, CityResult, RetryPolicy
+from consumer.fetcher import City, PermanentFetchError, ReferenceClient, RetryableFetchError
+from consumer.ingest import CityFailedError, CityIngest, CityResult
 from consumer.metrics import ConsumerMetrics
+from consumer.retry import GaveUpError, RetryPolicy
 
 log = get_logger(__name__)
 _PROGRESS_SECONDS = 1.0  # at most one progress write per job per second
@@ -64,7 +64,6 @@ class Handler:
             base_seconds=self.settings.retry_backoff_seconds,
             cap_seconds=self.settings.retry_backoff_max_seconds,
         )
-        self._rng = random.Random()  # noqa: S311 - backoff jitter, not cryptography
 
     async def handle(self, message: JobMessage, *, last_delivery: bool) -> JobState:
         """Run the job; raises :class:`JobFailedError` (state saved) or re-raises cancellation."""
@@ -226,30 +225,25 @@ class _Run:
         return done
 
     async def _cities(self) -> list[City]:
-        retry = self.h.retry
-        for attempt in range(1, retry.attempts + 1):
-            try:
-                cities = await self.h.reference.cities()
-            except PermanentFetchError as error:
-                raise JobFailedError(f"city list: {error}", retryable=False) from error
-            except FetchError as error:
-                if attempt == retry.attempts:
-                    raise JobFailedError(f"city list: {error}", retryable=True) from error
-                self._note_retry()
-                await backoff(attempt, retry.base_seconds, retry.cap_seconds, self.h._rng)
-            else:
-                self.state = self.state.model_copy(update={"cities_total": len(cities)})
-                await self._save(force=True)
-                return cities
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            cities, _ = await self.h.retry.run(
+                self.h.reference.cities,
+                retry_on=(RetryableFetchError,),
+                on_retry=lambda _error: self._note_retry(),
+            )
+        except GaveUpError as gave_up:
+            retryable = not isinstance(gave_up.error, PermanentFetchError)
+            raise JobFailedError(f"city list: {gave_up.error}", retryable=retryable) from None
+        self.state = self.state.model_copy(update={"cities_total": len(cities)})
+        await self._save(force=True)
+        return cities
 
     async def _ingest_all(self, cities: list[City]) -> list[CityResult]:
         ingest = CityIngest(
             reference=self.h.reference,
             store=self.h.store,
             retry=self.h.retry,
-            on_retry=lambda _city, _error: self._note_retry(),
-            rng=self.h._rng,
+            on_retry=lambda _error: self._note_retry(),
         )
         limit = asyncio.Semaphore(self.h.settings.city_concurrency)
 

@@ -10,10 +10,10 @@ A failed attempt aborts its upload and starts the city over, so an object never 
 two fetches.
 """
 
-import random
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
-from typing import Any, Final
+from typing import Final
 
 from common.records import (
     ArrayDecoder,
@@ -23,17 +23,11 @@ from common.records import (
     normalise_record,
 )
 from common.storage import S3Store, WrittenObject
-from consumer.fetcher import City, ReferenceClient, RetryableFetchError, backoff
+from consumer.fetcher import City, ReferenceClient, RetryableFetchError
+from consumer.retry import GaveUpError, RetryPolicy
 
 CONTENT_TYPE: Final = "application/x-ndjson"
 KEPT_BAD_RECORDS: Final = 1000  # per city: the rest are counted, not kept
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int
-    base_seconds: float
-    cap_seconds: float
 
 
 @dataclass(frozen=True)
@@ -83,35 +77,25 @@ class CityIngest:
     reference: ReferenceClient
     store: S3Store
     retry: RetryPolicy
-    on_retry: Any = None  # called with (city, error) before each retry, for progress/metrics
-    rng: random.Random = field(default_factory=random.Random)
+    on_retry: Callable[[Exception], None] | None = None  # for progress and metrics
 
     async def ingest(self, city: City, day: date, key: str) -> CityResult:
-        last_error: Exception | None = None
-        for attempt in range(1, self.retry.attempts + 1):
-            if attempt > 1:
-                await backoff(
-                    attempt - 1, self.retry.base_seconds, self.retry.cap_seconds, self.rng
-                )
-            try:
-                written, records, bad_records, kept_bad = await self._attempt(city, day, key)
-            except (RetryableFetchError, MalformedBodyError) as error:
-                last_error = error
-                if self.on_retry is not None and attempt < self.retry.attempts:
-                    self.on_retry(city, error)
-                continue
-            except Exception as error:
-                raise CityFailedError(city, error, attempt) from error
-            return CityResult(
-                city=city,
-                written=written,
-                records=records,
-                bad_records=bad_records,
-                kept_bad=kept_bad,
-                retries=attempt - 1,
+        try:
+            (written, records, bad_records, kept_bad), attempts = await self.retry.run(
+                lambda: self._attempt(city, day, key),
+                retry_on=(RetryableFetchError, MalformedBodyError),
+                on_retry=self.on_retry,
             )
-        assert last_error is not None  # noqa: S101 - the loop ran at least once
-        raise CityFailedError(city, last_error, self.retry.attempts)
+        except GaveUpError as gave_up:
+            raise CityFailedError(city, gave_up.error, gave_up.attempts) from gave_up.error
+        return CityResult(
+            city=city,
+            written=written,
+            records=records,
+            bad_records=bad_records,
+            kept_bad=kept_bad,
+            retries=attempts - 1,
+        )
 
     async def _attempt(
         self, city: City, day: date, key: str
