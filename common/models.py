@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 ACTIVE_STATUSES: frozenset[JobStatus] = frozenset({"queued", "running"})
+Day = date  # the models' field named ``date`` hides the type inside their classes
 
 
 def utc_now() -> datetime:
@@ -34,6 +35,14 @@ class JobState(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     updated_at: datetime
+
+    @classmethod
+    def queued(cls, job_id: str, day: "Day", *, force: bool) -> "JobState":
+        """A new job, as it stands before any consumer took it."""
+        now = utc_now()
+        return cls(
+            job_id=job_id, date=day, status="queued", force=force, created_at=now, updated_at=now
+        )
 
 
 class LatestJob(BaseModel):

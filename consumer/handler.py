@@ -17,7 +17,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import orjson
 
@@ -67,7 +67,10 @@ class Handler:
 
     async def handle(self, message: JobMessage, *, last_delivery: bool) -> JobState:
         """Run the job; raises :class:`JobFailedError` (state saved) or re-raises cancellation."""
-        state = await self.jobs.get(message.job_id) or _new_state(message)
+        # A job published without the API (e.g. replayed by hand) still gets a state.
+        state = await self.jobs.get(message.job_id) or JobState.queued(
+            message.job_id, message.date, force=message.force
+        )
         committed, _ = await self.manifests.get(message.date)
         ours = committed is not None and committed.job_id == message.job_id
         if state.status == "succeeded" or ours:
@@ -115,13 +118,13 @@ class Handler:
             stale = [
                 item.key
                 async for item in store.list_objects(layout.date_data(manifest.date))
-                if item.key not in keep and _before(item.last_modified, manifest.fetched_at)
+                if item.key not in keep and item.last_modified < manifest.fetched_at
             ]
             stale += [
                 item.key
                 async for item in store.list_objects(layout.date_partials(manifest.date))
                 if not item.key.startswith(current_partials)
-                and _before(item.last_modified, manifest.fetched_at)
+                and item.last_modified < manifest.fetched_at
             ]
             await store.delete(stale)
             # This date's unfinished uploads from older runs, and any date's very old ones
@@ -130,10 +133,10 @@ class Handler:
             uploads = [
                 upload
                 for upload in await store.pending_uploads(layout.data_root)
-                if _before(upload.initiated, abandoned)
+                if upload.initiated < abandoned
                 or (
                     upload.key.startswith(layout.date_data(manifest.date))
-                    and _before(upload.initiated, manifest.fetched_at)
+                    and upload.initiated < manifest.fetched_at
                 )
             ]
             for upload in uploads:
@@ -142,19 +145,6 @@ class Handler:
             log.warning("date.sweep_failed", run_id=manifest.run_id, error=repr(error))
         else:
             log.info("date.swept", run_id=manifest.run_id, objects=len(stale), uploads=len(uploads))
-
-
-def _new_state(message: JobMessage) -> JobState:
-    """A job published without the API (e.g. replayed by hand) still gets a state."""
-    now = utc_now()
-    return JobState(
-        job_id=message.job_id,
-        date=message.date,
-        status="queued",
-        force=message.force,
-        created_at=now,
-        updated_at=now,
-    )
 
 
 class _Run:
@@ -375,7 +365,3 @@ class _Run:
     async def _delete_run_objects(self) -> None:
         prefix = self.h.layout.run_data(self.day, self.run_id)
         await self.h.store.delete([item.key async for item in self.h.store.list_objects(prefix)])
-
-
-def _before(moment: datetime, reference: datetime) -> bool:
-    return moment < reference

@@ -39,15 +39,7 @@ async def submit(jobs: JobStore, publisher: Publisher, day: date, *, force: bool
         current, etag = await jobs.latest(day)
         if current is not None and not force and current.status in _REUSED_STATUSES:
             return Submission(job=current, created=False)
-        now = utc_now()
-        job = JobState(
-            job_id=uuid.uuid4().hex,
-            date=day,
-            status="queued",
-            force=force,
-            created_at=now,
-            updated_at=now,
-        )
+        job = JobState.queued(uuid.uuid4().hex, day, force=force)
         await jobs.save(job)
         if await jobs.point_to(job, etag):
             break
