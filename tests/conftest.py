@@ -58,6 +58,13 @@ async def moto_reset(moto_url: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client session, closed after the test."""
+    async with aiohttp.ClientSession() as opened:
+        yield opened
+
+
+@pytest.fixture
 def namespace() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
 

@@ -19,6 +19,7 @@ from common.topology import ROUTING_KEY, Names, declare_topology
 from refsim import SimulatorConfig, expected_bad_records, expected_stats
 from refsim.config import DateParam
 from refsim.server import LiveSimulator, serve
+from tests.figures import CountryDays
 from tests.integration.services import (
     Api,
     running,
@@ -40,36 +41,26 @@ async def stored_stats(
 ) -> list[dict[str, Any]]:
     """The figures of what is committed in S3, computed with plain Python."""
     manifests = ManifestStore(store, Layout(settings.s3_prefix))
-    rows: list[dict[str, Any]] = []
+    figures = CountryDays()
     for day in days:
         manifest, _ = await manifests.get(day)
         assert manifest is not None, f"{day} has no manifest"
-        totals: dict[str, list[float]] = {}
         for city in manifest.cities:
             stored = await store.get(city.key)
             assert stored is not None
             lines = stored.body.splitlines()
             assert len(lines) == city.records
-            total = totals.setdefault(city.country, [0, 0, 0.0, 0])
             for line in lines:
                 record = orjson.loads(line)
                 assert record["city_id"] == city.city_id
-                total[0] += 1
-                total[1] += record["passengers"]
-                total[2] += record["delay_seconds"]
-                total[3] = total[3] or record["accident"]
-        rows.extend(
-            {
-                "date": day.isoformat(),
-                "country": country,
-                "buses_started": int(n),
-                "passengers": int(p),
-                "accident": bool(a),
-                "average_delay_seconds": d / n,
-            }
-            for country, (n, p, d, a) in sorted(totals.items())
-        )
-    return rows
+                figures.add(
+                    day.isoformat(),
+                    city.country,
+                    record["passengers"],
+                    record["delay_seconds"],
+                    record["accident"],
+                )
+    return figures.rows()
 
 
 @pytest.fixture

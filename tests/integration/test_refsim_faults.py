@@ -1,7 +1,6 @@
 """Faults over HTTP: each at its configured rate, on exactly the pairs the selector names."""
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import date
 from typing import Any
 
@@ -22,12 +21,6 @@ def quick(**knobs: Any) -> SimulatorConfig:
     values: dict[str, Any] = {"latency_max": 0.0, "records_min": 5, "records_max": 50}
     values.update(knobs)
     return SimulatorConfig(**values)
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as opened:
-        yield opened
 
 
 async def status_of(session: aiohttp.ClientSession, url: str, city_id: int) -> int:

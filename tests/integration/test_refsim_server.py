@@ -2,7 +2,6 @@
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from datetime import date
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from common.records import parse_duration_seconds
 from refsim import SimulatorConfig, cities, expected_bad_records, expected_stats
 from refsim.testing import running_simulator
+from tests.figures import CountryDays
 
 pytestmark = pytest.mark.integration
 
@@ -26,12 +26,6 @@ def quick(**knobs: Any) -> SimulatorConfig:
     values: dict[str, Any] = {"latency_max": 0.0, "records_min": 20, "records_max": 60}
     values.update(knobs)
     return SimulatorConfig(**values)
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as opened:
-        yield opened
 
 
 async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, str, bytes, str | None]:
@@ -196,7 +190,7 @@ async def test_nondeterministic_mode_caches_then_changes(session: aiohttp.Client
 async def test_oracle_matches_fetched_data(session: aiohttp.ClientSession) -> None:
     config = quick(cities=12, countries=4, records_min=0, records_max=400, malformed_rate=0.02)
     days = ["2024-03-01", "2024-03-02"]
-    totals: dict[tuple[str, str], list[int]] = {}
+    figures = CountryDays()
     bad: dict[tuple[int, date], int] = {}
     async with running_simulator(config) as url:
         async with session.get(f"{url}/cities") as response:
@@ -207,28 +201,14 @@ async def test_oracle_matches_fetched_data(session: aiohttp.ClientSession) -> No
                 async with session.get(stats) as response:
                     assert response.status == 200
                     records = await response.json()
-                key = (day, city["country"])
-                total = totals.setdefault(key, [0, 0, 0, 0])
                 valid = [record for record in records if is_valid(record)]
                 bad[city["id"], date.fromisoformat(day)] = len(records) - len(valid)
                 for record in valid:
-                    total[0] += 1
-                    total[1] += record["passengers"]
-                    total[2] += int(parse_duration_seconds(record["delay"]))
-                    total[3] |= record["accident"]
-    expected = [
-        {
-            "date": day,
-            "country": country,
-            "buses_started": count,
-            "passengers": passengers,
-            "accident": bool(accident),
-            "average_delay_seconds": delay / count,
-        }
-        for (day, country), (count, passengers, delay, accident) in sorted(totals.items())
-        if count
-    ]
-    assert expected_stats(config, days) == expected
+                    delay = parse_duration_seconds(record["delay"])
+                    figures.add(
+                        day, city["country"], record["passengers"], delay, record["accident"]
+                    )
+    assert expected_stats(config, days) == figures.rows()
     assert expected_bad_records(config, days) == bad
     assert sum(bad.values()) > 0
 

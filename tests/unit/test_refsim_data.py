@@ -9,6 +9,7 @@ import pytest
 from common.records import BadRecord, normalise_record
 from refsim import SimulatorConfig, cities, expected_bad_records, expected_stats
 from refsim.data import VALID, data_seed, iter_records, render_chunks
+from tests.figures import CountryDays
 
 DAY = date(2024, 1, 1)
 
@@ -128,30 +129,20 @@ def test_malformed_records_are_persistent_and_of_every_kind() -> None:
 def test_oracle_matches_the_normalised_records() -> None:
     config = SimulatorConfig(cities=6, countries=3, records_min=0, records_max=300)
     days = [DAY, date(2024, 2, 29)]
-    totals: dict[tuple[str, str], list[int]] = {}
+    figures = CountryDays()
     for day in days:
         for city in cities(config):
             for item in json.loads(body(config, data_seed(config, city.id, day), day)):
                 record = normalise_record(city.id, item)
                 assert not isinstance(record, BadRecord)
-                total = totals.setdefault((day.isoformat(), city.country), [0, 0, 0, 0])
-                total[0] += 1
-                total[1] += record["passengers"]
-                total[2] += int(record["delay_seconds"])
-                total[3] |= record["accident"]
-    expected = [
-        {
-            "date": day,
-            "country": country,
-            "buses_started": count,
-            "passengers": passengers,
-            "accident": bool(accident),
-            "average_delay_seconds": delay / count,
-        }
-        for (day, country), (count, passengers, delay, accident) in sorted(totals.items())
-        if count
-    ]
-    assert expected_stats(config, ["2024-02-29", DAY]) == expected
+                figures.add(
+                    day.isoformat(),
+                    city.country,
+                    record["passengers"],
+                    record["delay_seconds"],
+                    record["accident"],
+                )
+    assert expected_stats(config, ["2024-02-29", DAY]) == figures.rows()
 
 
 def test_oracle_omits_countries_without_records() -> None:
