@@ -78,13 +78,6 @@ class PartBudget:
         self._slots.release()
 
 
-class ObjectWriter(Protocol):
-    async def write(self, data: bytes) -> None: ...
-
-    @property
-    def bytes_written(self) -> int: ...
-
-
 class KeyValueStore(Protocol):
     """Whole objects by key: all the stats reader needs (tests may keep it in memory)."""
 
