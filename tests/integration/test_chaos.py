@@ -1,6 +1,6 @@
 """Chaos: many dates through three consumers while processes, the broker and S3 misbehave.
 
-What runs: 22 dates are submitted through the real API; three consumer processes take
+What runs: 30 dates are submitted through the real API; three consumer processes take
 them from the real RabbitMQ, fetch from the reference simulator and write into Moto. Some
 cities are larger than one S3 part, so multipart uploads are in flight most of the time.
 Meanwhile a seeded schedule (``CHAOS_SEED``, printed in every failure message, replays the
@@ -94,7 +94,7 @@ log = logging.getLogger(__name__)
 
 SEED = int(os.environ.get("CHAOS_SEED", "20240501"))
 MIB = 1024 * 1024
-DAYS = [date(2024, 5, 1) + timedelta(days=offset) for offset in range(22)]
+DAYS = [date(2024, 5, 1) + timedelta(days=offset) for offset in range(30)]
 CONSUMERS = 3
 # Cities of 2_000..48_000 records: about one pair in four is larger than a 5 MiB part.
 SIMULATOR = SimulatorConfig(
