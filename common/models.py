@@ -3,7 +3,7 @@
 from datetime import UTC, date, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 ACTIVE_STATUSES: frozenset[JobStatus] = frozenset({"queued", "running"})
@@ -31,24 +31,57 @@ class JobState(BaseModel):
     retries: int = 0
     attempts: int = 0
     error: str | None = None
+    generation: int = Field(
+        0, description="the date's claim this job holds; a newer claim supersedes it"
+    )
+    run_id: str | None = Field(None, description="the run (attempt) that wrote this state last")
+    superseded_by: str | None = Field(
+        None, description="the newer job of the same date that made this one stand down"
+    )
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
     updated_at: datetime
 
     @classmethod
-    def queued(cls, job_id: str, day: "Day", *, force: bool) -> "JobState":
+    def queued(cls, job_id: str, day: "Day", *, force: bool, generation: int = 0) -> "JobState":
         """A new job, as it stands before any consumer took it."""
         now = utc_now()
         return cls(
-            job_id=job_id, date=day, status="queued", force=force, created_at=now, updated_at=now
+            job_id=job_id,
+            date=day,
+            status="queued",
+            force=force,
+            generation=generation,
+            created_at=now,
+            updated_at=now,
         )
 
 
 class LatestJob(BaseModel):
-    """Pointer from a date to its newest job, so a repeated request finds it."""
+    """The date's claim: its newest job, so a repeated request finds it.
+
+    ``generation`` grows by one with every new claim (a compare-and-swap on this object):
+    it orders the runs of a date, never a clock. Pointers written before generations
+    existed read as generation 0.
+    """
 
     job_id: str
+    generation: int = 0
+
+
+class ObjectSums(BaseModel):
+    """The figures the statistics need of one city object, computed while it is written.
+
+    ``departures`` counts the stored records; ``delay_seconds`` is their delays' sum.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    departures: int
+    passengers: int
+    accident: bool
+    delay_seconds: float
 
 
 class CityObject(BaseModel):
@@ -61,6 +94,9 @@ class CityObject(BaseModel):
     etag: str
     records: int
     bytes: int
+    sums: ObjectSums | None = Field(
+        None, description="made at ingest; absent for dates committed before sums existed"
+    )
 
 
 class RejectsObject(BaseModel):
@@ -75,6 +111,7 @@ class Manifest(BaseModel):
     date: date
     job_id: str
     run_id: str
+    generation: int = 0
     fetched_at: datetime
     cities: list[CityObject]
     rejects: RejectsObject | None = None

@@ -15,26 +15,14 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Final
 
-from common.records import (
-    ArrayDecoder,
-    BadRecord,
-    MalformedBodyError,
-    encode_line,
-    normalise_record,
-)
+from common.records import ArrayDecoder, BadRecord, MalformedBodyError
 from common.storage import S3Store, WrittenObject
+from consumer.convert import Converted, convert
 from consumer.fetcher import City, ReferenceClient, RetryableFetchError
 from consumer.retry import GaveUpError, RetryPolicy
 
 CONTENT_TYPE: Final = "application/x-ndjson"
 KEPT_BAD_RECORDS: Final = 1000  # per city: the rest are counted, not kept
-
-
-@dataclass(frozen=True)
-class Converted:
-    lines: bytes
-    records: int
-    bad: list[BadRecord]
 
 
 @dataclass(frozen=True)
@@ -54,20 +42,6 @@ class CityFailedError(Exception):
         super().__init__(f"city {city.id} failed after {attempts} attempt(s): {error}")
         self.city = city
         self.error = error
-
-
-def convert(decoder: ArrayDecoder, city_id: int, chunk: bytes | None) -> Converted:
-    """Decode a chunk (``None``: end of body) into stored lines and rejected records."""
-    items = decoder.finish() if chunk is None else decoder.feed(chunk)
-    out = bytearray()
-    bad: list[BadRecord] = []
-    for item in items:
-        record = normalise_record(city_id, item)
-        if isinstance(record, BadRecord):
-            bad.append(record)
-        else:
-            out += encode_line(record)
-    return Converted(lines=bytes(out), records=len(items) - len(bad), bad=bad)
 
 
 @dataclass

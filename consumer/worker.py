@@ -52,7 +52,13 @@ class Worker:
         self.metrics = metrics or ConsumerMetrics()
         self._running: dict[asyncio.Task[None], AbstractIncomingMessage] = {}
         self._handler: Handler | None = None
+        self._connection: AbstractRobustConnection | None = None
         self.ready = asyncio.Event()
+
+    def is_connected(self) -> bool:
+        """Whether the broker connection is open now (the consumer's health)."""
+        connection = self._connection
+        return self.ready.is_set() and connection is not None and not connection.is_closed
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then shut down in two phases."""
@@ -73,6 +79,7 @@ class Worker:
                 settings, store, ReferenceClient(session, settings), self.metrics
             )
             connection = await stack.enter_async_context(self._connect())
+            self._connection = connection
             channel = await connection.channel()
             await channel.set_qos(prefetch_count=settings.job_concurrency)
             topology = await declare_topology(channel, settings.namespace, settings.delivery_limit)

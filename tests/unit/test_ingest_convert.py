@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from common.records import ArrayDecoder, BadRecord, MalformedBodyError
-from consumer.ingest import Converted, convert
+from consumer.convert import Converted, convert
 
 
 def record(**changes: Any) -> dict[str, Any]:
