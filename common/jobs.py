@@ -1,6 +1,8 @@
 """Job state in S3: one JSON object per job plus a pointer from each date to its newest job."""
 
-from datetime import date
+import re
+from datetime import UTC, date, datetime, timedelta
+from typing import Final
 
 from pydantic import ValidationError
 
@@ -25,29 +27,97 @@ class JobStore:
     async def save(self, job: JobState) -> None:
         await self._store.put(self._layout.job(job.job_id), job.model_dump_json().encode())
 
-    async def latest(self, day: date) -> tuple[JobState | None, str | None]:
-        """The date's newest job and the pointer's ETag (for a compare-and-swap)."""
+    async def claim_of(self, day: date) -> tuple[LatestJob | None, str | None]:
+        """The date's claim (its newest job and generation) and the pointer's ETag."""
         stored = await self._store.get(self._layout.latest_job(day))
         if stored is None:
             return None, None
         try:
-            pointer = LatestJob.model_validate_json(stored.body)
+            return LatestJob.model_validate_json(stored.body), stored.etag
         except ValidationError:
             return None, stored.etag
-        return await self.get(pointer.job_id), stored.etag
+
+    async def latest(self, day: date) -> tuple[JobState | None, str | None]:
+        """The date's newest job and the pointer's ETag (for a compare-and-swap)."""
+        pointer, etag = await self.claim_of(day)
+        if pointer is None:
+            return None, etag
+        return await self.get(pointer.job_id), etag
 
     async def point_to(self, job: JobState, expected_etag: str | None) -> bool:
-        """Make ``job`` the date's newest unless another request did so first."""
-        body = LatestJob(job_id=job.job_id).model_dump_json().encode()
+        """Make ``job`` the date's newest claim unless another request did so first.
+
+        ``job.generation`` must be one more than the generation of the pointer read with
+        ``expected_etag``: the compare-and-swap makes generations strictly increasing.
+        """
+        body = LatestJob(job_id=job.job_id, generation=job.generation).model_dump_json()
         key = self._layout.latest_job(job.date)
         try:
             if expected_etag is None:
-                await self._store.put(key, body, if_none_match=True)
+                await self._store.put(key, body.encode(), if_none_match=True)
             else:
-                await self._store.put(key, body, if_match=expected_etag)
+                await self._store.put(key, body.encode(), if_match=expected_etag)
         except WriteConflictError:
             return False
         return True
+
+    async def claim(self, job: JobState, races: int = 5) -> JobState:
+        """Save ``job`` as the date's newest claim, under the next generation.
+
+        Used for a job whose message arrived without a state (published by hand): the
+        consumer claims the date for it as the API would have. Raises
+        :class:`WriteConflictError` if other claims kept winning.
+        """
+        for _ in range(races):
+            pointer, etag = await self.claim_of(job.date)
+            job = job.model_copy(update={"generation": (pointer.generation if pointer else 0) + 1})
+            await self.save(job)
+            if await self.point_to(job, etag):
+                return job
+        raise WriteConflictError(self._layout.latest_job(job.date))
+
+    async def index(self, job: JobState) -> None:
+        """List a new job in the index of every job and in its date's, newest first."""
+        entry = index_entry(job)
+        for day in (None, job.date):
+            key = f"{self._layout.job_index(day)}{entry}"
+            await self._store.put(key, b"", content_type="application/octet-stream")
+
+    async def indexed(self, day: date | None, after: str | None, limit: int) -> list[str]:
+        """Up to ``limit`` index entries, newest first, after the entry ``after`` if given.
+
+        ``day`` selects one date's jobs; ``None`` every job. Entries name jobs
+        (:func:`index_entry_job`); a job created before the index existed is not listed.
+        """
+        root = self._layout.job_index(day)
+        entries: list[str] = []
+        start = f"{root}{after}" if after else ""
+        async for item in self._store.list_objects(root, start_after=start):
+            entry = item.key.removeprefix(root)
+            if INDEX_ENTRY.fullmatch(entry):
+                entries.append(entry)
+            if len(entries) >= limit:
+                break
+        return entries
+
+
+# The job index: one empty object per job, named so that S3's lexicographic listing is
+# newest first. The name is ``<inverted creation time>-<job_id>``: the creation time
+# (API clock, microseconds) only orders the listing, it never decides anything.
+_INDEX_SPAN: Final = 10**17  # microseconds: later than the year 5000
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+INDEX_ENTRY: Final = re.compile(r"^[0-9]{17}-[0-9a-f]{32}$")
+
+
+def index_entry(job: JobState) -> str:
+    """The job's name in the index: sorts before every job created earlier."""
+    micros = (job.created_at - _EPOCH) // timedelta(microseconds=1)
+    return f"{_INDEX_SPAN - 1 - micros:017d}-{job.job_id}"
+
+
+def index_entry_job(entry: str) -> str:
+    """The job id an index entry names."""
+    return entry.rpartition("-")[2]
 
 
 class ManifestStore:

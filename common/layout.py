@@ -3,12 +3,21 @@
 ::
 
     <prefix>jobs/<job_id>.json                                   job state
+    <prefix>jobs-index/all/<inverted time>-<job_id>              every job, newest first
+    <prefix>jobs-index/date=2024-01-01/<inverted time>-<job_id>  a date's jobs, newest first
     <prefix>dates/date=2024-01-01/latest-job.json                 the date's newest job
     <prefix>manifests/date=2024-01-01/manifest.json               the date's committed version
-    <prefix>data/date=2024-01-01/run=<run_id>/city=<id>.jsonl     one city's records
-    <prefix>data/date=2024-01-01/run=<run_id>/rejects.jsonl       records that failed validation
+    <prefix>data/date=2024-01-01/gen=<g>/job=<job_id>/run=<run_id>/city=<id>.jsonl   one city
+    <prefix>data/date=2024-01-01/gen=<g>/job=<job_id>/run=<run_id>/city=<id>.json    its record
+    <prefix>data/date=2024-01-01/gen=<g>/job=<job_id>/run=<run_id>/rejects.jsonl     bad records
     <prefix>partials/date=2024-01-01/run=<run_id>/city=<id>.<etag>.json   cached partial sums
     <prefix>partials/date=2024-01-01/run=<run_id>/date.<manifest etag>.json   a date's sums
+
+Data objects live under the claim (``gen``, the date's generation) and job that made
+them, so that ownership is read from the key: a run's objects can be deleted once a
+manifest of the same or a later generation is committed, whatever any clock says. Dates
+committed before generations existed keep their keys ``data/date=<d>/run=<run_id>/...``
+(:func:`parse_data_key` reads them as generation ``None``).
 
 City and country names come from an outside server and never appear in a key.
 """
@@ -19,6 +28,22 @@ from datetime import date
 from typing import Final
 
 _ID: Final = re.compile(r"^[0-9a-f]{32}$")
+_DATA_KEY: Final = re.compile(
+    r"date=(?P<date>\d{4}-\d{2}-\d{2})/"
+    r"(?:gen=(?P<gen>\d+)/job=(?P<job>[0-9a-f]{32})/)?run=(?P<run>[0-9a-f]{32})/"
+    r"(?P<name>[^/]+)"
+)
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """What a data object's key says about who wrote it."""
+
+    date: date
+    generation: int | None  # None: written before generations existed
+    job_id: str | None
+    run_id: str
+    name: str  # city=<id>.jsonl, city=<id>.json or rejects.jsonl
 
 
 def check_id(value: str, what: str) -> str:
@@ -41,6 +66,10 @@ class Layout:
     def manifest(self, day: date) -> str:
         return f"{self.prefix}manifests/date={day.isoformat()}/manifest.json"
 
+    def job_index(self, day: date | None = None) -> str:
+        """The folder listing jobs newest first: every job, or one date's (``jobs-index/``)."""
+        return f"{self.prefix}jobs-index/" + ("all/" if day is None else f"date={day}/")
+
     @property
     def data_root(self) -> str:
         return f"{self.prefix}data/"
@@ -49,14 +78,83 @@ class Layout:
         """The folder holding every run of a date (for cleanup)."""
         return f"{self.data_root}date={day.isoformat()}/"
 
-    def run_data(self, day: date, run_id: str) -> str:
-        return f"{self.date_data(day)}run={check_id(run_id, 'run id')}/"
+    def job_data(self, day: date, generation: int, job_id: str) -> str:
+        """The folder holding every run of one job of a date."""
+        return f"{self.date_data(day)}gen={int(generation)}/job={check_id(job_id, 'job id')}/"
 
-    def city_object(self, day: date, run_id: str, city_id: int) -> str:
-        return f"{self.run_data(day, run_id)}city={int(city_id)}.jsonl"
+    def run_data(self, day: date, generation: int, job_id: str, run_id: str) -> str:
+        return f"{self.job_data(day, generation, job_id)}run={check_id(run_id, 'run id')}/"
 
-    def rejects_object(self, day: date, run_id: str) -> str:
-        return f"{self.run_data(day, run_id)}rejects.jsonl"
+    def city_object(
+        self, day: date, generation: int, job_id: str, run_id: str, city_id: int
+    ) -> str:
+        return f"{self.run_data(day, generation, job_id, run_id)}city={int(city_id)}.jsonl"
+
+    def city_record(
+        self, day: date, generation: int, job_id: str, run_id: str, city_id: int
+    ) -> str:
+        """The small record written once a city's object is complete (for resuming)."""
+        return f"{self.run_data(day, generation, job_id, run_id)}city={int(city_id)}.json"
+
+    def rejects_object(self, day: date, generation: int, job_id: str, run_id: str) -> str:
+        return f"{self.run_data(day, generation, job_id, run_id)}rejects.jsonl"
+
+    def parse_data_key(self, key: str) -> DataKey | None:
+        """Who wrote a data object, from its key; ``None`` for a key of no known form."""
+        if not key.startswith(self.data_root):
+            return None
+        match = _DATA_KEY.fullmatch(key.removeprefix(self.data_root))
+        if match is None:
+            return None
+        try:
+            day = date.fromisoformat(match["date"])
+        except ValueError:
+            return None
+        gen = match["gen"]
+        return DataKey(
+            date=day,
+            generation=None if gen is None else int(gen),
+            job_id=match["job"],
+            run_id=match["run"],
+            name=match["name"],
+        )
+
+    @property
+    def partials_root(self) -> str:
+        return f"{self.prefix}partials/"
+
+    def partials_of_job(self, job_data: str) -> str:
+        """The partials folder mirroring a job's data folder."""
+        if not job_data.startswith(self.data_root):
+            raise ValueError(f"not a data folder: {job_data[:80]!r}")
+        return self.partials_root + job_data.removeprefix(self.data_root)
+
+    def partial_date(self, key: str) -> date | None:
+        """The date of any key under ``partials/``."""
+        match = re.match(r"date=(\d{4}-\d{2}-\d{2})/", key.removeprefix(self.partials_root))
+        if match is None or not key.startswith(self.partials_root):
+            return None
+        try:
+            return date.fromisoformat(match[1])
+        except ValueError:
+            return None
+
+    def summary_run(self, key: str) -> str | None:
+        """The run id of a date summary key (``.../run=<id>/date.<etag>.json``), else None."""
+        match = re.fullmatch(
+            r"date=\d{4}-\d{2}-\d{2}/run=([0-9a-f]{32})/date\.[0-9A-Za-z-]*\.json",
+            key.removeprefix(self.partials_root),
+        )
+        return None if match is None or not key.startswith(self.partials_root) else match[1]
+
+    def data_key_of_partial(self, key: str) -> str | None:
+        """The data object a partial sidecar (``<data key>.<etag>.json``) was made from."""
+        if not key.startswith(self.partials_root) or not key.endswith(".json"):
+            return None
+        stem, dot, _etag = (
+            key.removeprefix(self.partials_root).removesuffix(".json").rpartition(".")
+        )
+        return f"{self.data_root}{stem}.jsonl" if dot else None
 
     def date_partials(self, day: date) -> str:
         """The folder holding every cached partial of a date (for cleanup)."""

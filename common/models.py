@@ -5,6 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.records import BadRecord
+
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 ACTIVE_STATUSES: frozenset[JobStatus] = frozenset({"queued", "running"})
 Day = date  # the models' field named ``date`` hides the type inside their classes
@@ -97,6 +99,19 @@ class CityObject(BaseModel):
     sums: ObjectSums | None = Field(
         None, description="made at ingest; absent for dates committed before sums existed"
     )
+
+
+class CityRecord(BaseModel):
+    """Written beside a city's object once it is complete, so a redelivered job resumes.
+
+    It says everything the manifest needs of the city, plus its rejected records.
+    """
+
+    version: Literal[1] = 1
+    city: CityObject
+    bad_records: int
+    kept_bad: list[BadRecord]
+    retries: int = 0
 
 
 class RejectsObject(BaseModel):

@@ -7,26 +7,72 @@ case (``BUSSTATS_S3_BUCKET``); the AWS credentials stay where every AWS tool rea
 """
 
 import sys
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DateParam = Literal["auto", "datetime", "date"]
 
 ENV_PREFIX = "BUSSTATS_"
+METRICS_OFF = "off"
+
+
+def endpoint_url(value: str, schemes: tuple[str, ...]) -> str:
+    """``value`` if it is a URL with one of ``schemes``, a host and a valid port, else raise.
+
+    The message never repeats the value: it may hold a password.
+    """
+    example = f"{schemes[0]}://host:port/"
+    parts = urlsplit(value.strip())
+    if parts.scheme not in schemes:
+        starts = " or ".join(f"{scheme}://" for scheme in schemes)
+        raise ValueError(f"must be a URL starting with {starts}, e.g. {example}")
+    if not parts.hostname:
+        raise ValueError(f"has no host, e.g. {example}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("has a port that is not a number from 1 to 65535") from None
+    if port == 0:
+        raise ValueError("has a port that is not a number from 1 to 65535")
+    return value.strip()
+
+
+def _amqp_url(value: SecretStr) -> SecretStr:
+    endpoint_url(value.get_secret_value(), ("amqp", "amqps"))
+    return value
+
+
+def _http_url(value: str) -> str:
+    return endpoint_url(value, ("http", "https"))
+
+
+def _metrics_port(value: object) -> object:
+    """``off`` (any case) turns the consumer's metrics and health server off."""
+    return None if isinstance(value, str) and value.strip().lower() == METRICS_OFF else value
+
+
+AmqpUrl = Annotated[SecretStr, AfterValidator(_amqp_url)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+MetricsPort = Annotated[Port | None, BeforeValidator(_metrics_port)]
 
 
 class Settings(BaseSettings):
     """The whole configuration; see the README's configuration table."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+    # An empty variable (``BUSSTATS_API_TOKEN=``) means unset: the default applies.
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="ignore", env_ignore_empty=True
+    )
 
     # Connections
-    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    amqp_url: AmqpUrl = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     namespace: str = Field("bus-stats", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
-    reference_url: str = Field("http://127.0.0.1:8080", pattern=r"^https?://")
-    s3_endpoint_url: str | None = Field(None, pattern=r"^https?://")
+    reference_url: HttpUrl = "http://127.0.0.1:8080"
+    s3_endpoint_url: HttpUrl | None = None
     s3_bucket: str = Field("bus-stats", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
     s3_prefix: str = Field("", pattern=r"^([A-Za-z0-9._-]+/)*$")
     aws_default_region: str = Field("us-east-1", validation_alias="AWS_DEFAULT_REGION")
@@ -35,6 +81,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65535)
     api_token: SecretStr | None = None
+    cors_origins: str = Field(
+        "", description="origins (comma-separated) browsers may call the API from; '*': any"
+    )
     max_range_days: int = Field(366, ge=1)
     stats_concurrency: int = Field(4, ge=1, le=64)
     publish_timeout_seconds: float = Field(5.0, gt=0)
@@ -52,8 +101,15 @@ class Settings(BaseSettings):
     memory_budget_bytes: int = Field(32 * 1024 * 1024, ge=5 * 1024 * 1024)
     delivery_limit: int = Field(3, ge=1, le=100)
     shutdown_grace_seconds: float = Field(20.0, ge=0)
-    stale_upload_seconds: float = Field(3600.0, ge=0)
-    metrics_port: int = Field(9100, ge=0, le=65535)
+    heartbeat_seconds: float = Field(
+        5.0, gt=0, description="a running job rewrites its state and checks its claim this often"
+    )
+    stale_job_seconds: float = Field(
+        60.0, gt=0, description="a running job silent this long is stuck: a plain POST replaces it"
+    )
+    metrics_port: MetricsPort = Field(
+        9100, description="the consumer's metrics and /healthz; 0: any free port; off: none"
+    )
 
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

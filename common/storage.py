@@ -17,10 +17,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self
 
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
-from botocore.exceptions import ClientError
+from aiobotocore.session import AioSession, get_session
+from botocore.exceptions import BotoCoreError, ClientError
 
+from common.logs import get_logger
 from common.settings import Settings
+from common.startup import Backoff, ConnectState, FatalStartupError, retry_until_up, where
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -29,6 +31,7 @@ else:
     S3Client = object
     CompletedPartTypeDef = PutObjectRequestTypeDef = dict
 
+log = get_logger(__name__)
 _DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
 
 
@@ -99,7 +102,7 @@ class ObjectStore(KeyValueStore, Protocol):
 
     async def delete(self, keys: Iterable[str]) -> None: ...
 
-    def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]: ...
+    def list_objects(self, prefix: str, start_after: str = "") -> AsyncIterator[ObjectInfo]: ...
 
     async def pending_uploads(self, prefix: str) -> list[PendingUpload]: ...
 
@@ -184,9 +187,11 @@ class S3Store:
             Bucket=self.bucket, Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True}
         )
 
-    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+    async def list_objects(self, prefix: str, start_after: str = "") -> AsyncIterator[ObjectInfo]:
+        """Keys under ``prefix`` in lexicographic order, from after ``start_after`` if given."""
         paginator = self.client.get_paginator("list_objects_v2")
-        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix, StartAfter=start_after)
+        async for page in pages:
             for item in page.get("Contents", []):
                 yield ObjectInfo(
                     key=item["Key"],
@@ -246,7 +251,13 @@ class S3Writer:
     ) -> None:
         try:
             if exc_type is None:
-                self.result = await self._complete()
+                try:
+                    self.result = await self._complete()
+                except BaseException:
+                    # The last part or the completion failed (or was cancelled): the
+                    # upload must not be left behind.
+                    await asyncio.shield(self._abort())
+                    raise
             else:
                 await asyncio.shield(self._abort())
         finally:
@@ -300,9 +311,13 @@ class S3Writer:
         return WrittenObject(key=self.key, etag=completed["ETag"], size=self.bytes_written)
 
     async def _abort(self) -> None:
+        """Best effort: an upload left behind is found by the next sweep of its date."""
         self._buffer = bytearray()
         if self._upload_id is not None:
-            await self._store.abort_upload(self.key, self._upload_id)
+            try:
+                await self._store.abort_upload(self.key, self._upload_id)
+            except Exception as error:  # noqa: BLE001 - must not hide the error that led here
+                log.warning("upload.abort_failed", key=self.key, error=repr(error))
 
     def _release(self) -> None:
         if self._holding_slot:
@@ -331,3 +346,62 @@ async def open_store(settings: Settings, *, max_connections: int = 32) -> AsyncI
         )
         await store.ensure_bucket()
         yield store
+
+
+async def require_credentials(session: AioSession) -> None:
+    """Raise :class:`FatalStartupError` unless the AWS SDK finds credentials.
+
+    It looks where every AWS tool does (environment, profile, container or instance role);
+    the answer is cached in ``session``, so a client created from it does not look again.
+    """
+    try:
+        credentials = await session.get_credentials()
+    except BotoCoreError as error:  # e.g. only one of the two keys set, a broken profile
+        raise FatalStartupError(f"AWS credentials unusable: {error}") from None
+    if credentials is None:
+        raise FatalStartupError(
+            "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(or AWS_PROFILE, or run with an instance or container role)"
+        )
+
+
+@contextlib.asynccontextmanager
+async def connect_store(settings: Settings, *, max_connections: int = 32) -> AsyncIterator[S3Store]:
+    """Like :func:`open_store` without any request to S3: the bucket is not ensured.
+
+    For a process that must serve while S3 is unreachable: it ensures the bucket later
+    with :func:`ensure_bucket_until_up`. Missing AWS credentials raise
+    :class:`FatalStartupError` at once.
+    """
+    config = AioConfig(
+        max_pool_connections=max_connections,
+        retries={"mode": "standard", "max_attempts": 5},
+        connect_timeout=settings.connect_timeout_seconds,
+        read_timeout=60,
+    )
+    session = get_session()
+    await require_credentials(session)
+    async with session.create_client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.aws_default_region,
+        config=config,
+    ) as client:
+        yield S3Store(
+            client, settings.s3_bucket, PartBudget(settings.part_slots), settings.part_size_bytes
+        )
+
+
+def s3_connect_state(settings: Settings) -> ConnectState:
+    """What :func:`ensure_bucket_until_up` reports: the endpoint (or AWS) and the bucket."""
+    endpoint = where(settings.s3_endpoint_url) if settings.s3_endpoint_url else "aws"
+    return ConnectState("s3", f"{endpoint} bucket={settings.s3_bucket}")
+
+
+async def ensure_bucket_until_up(
+    store: S3Store, state: ConnectState, backoff: Backoff | None = None
+) -> None:
+    """Ensure the bucket, retrying with capped backoff (one log line per failed attempt)."""
+    await retry_until_up(
+        state, store.ensure_bucket, retry_on=(BotoCoreError, ClientError, OSError), backoff=backoff
+    )

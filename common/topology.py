@@ -17,6 +17,10 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
 ROUTING_KEY: Final = "job"
+# The queue's own delivery limit is the consumers' (``delivery_limit``) plus this margin:
+# the consumers end a job whose deliveries are spent themselves (state saved, reason
+# given) when it comes back once more, so the broker's limit is only a safety net.
+DELIVERY_LIMIT_MARGIN: Final = 2
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ async def declare_topology(
     arguments: dict[str, Any] = {
         "x-queue-type": "quorum",
         "x-dead-letter-exchange": names.dead_letter_exchange,
-        "x-delivery-limit": delivery_limit,
+        "x-delivery-limit": delivery_limit + DELIVERY_LIMIT_MARGIN,
     }
     queue = await channel.declare_queue(names.queue, durable=True, arguments=arguments)
     await queue.bind(exchange, routing_key=ROUTING_KEY)

@@ -1,19 +1,27 @@
 """``python -m consumer``: one worker process (run several to scale).
 
 ``python -m consumer replay-dead-letters`` moves dead-lettered jobs back to the queue.
+``python -m consumer sweep`` deletes what no committed date and no active job needs.
 """
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
+from datetime import date
 
-from prometheus_client import start_http_server
+from aio_pika.exceptions import AMQPException
+from aiobotocore.session import get_session
+from aiormq.exceptions import AMQPError
 
 from common.logs import configure_logging, get_logger
 from common.settings import Settings, load_settings
-from consumer.metrics import ConsumerMetrics
+from common.startup import FatalStartupError, describe, run_entry_point, where
+from common.storage import require_credentials
+from consumer.metrics import ConsumerMetrics, MetricsServer
 from consumer.replay import replay_dead_letters
+from consumer.sweep import sweep_dates
 from consumer.worker import Worker
 
 
@@ -29,18 +37,45 @@ def parse_args() -> argparse.Namespace:
         "replay-dead-letters", help="move dead-lettered jobs back to the job queue"
     )
     replay.add_argument("--limit", type=int, help="replay at most this many")
+    sweep = commands.add_parser(
+        "sweep",
+        help="delete objects, partial sums and unfinished uploads that neither a committed "
+        "date nor a queued or running job needs (every date, or --from/--to)",
+    )
+    sweep.add_argument("--from", dest="start", type=date.fromisoformat, help="YYYY-MM-DD")
+    sweep.add_argument("--to", dest="end", type=date.fromisoformat, help="YYYY-MM-DD")
     return parser.parse_args()
 
 
 async def serve(settings: Settings) -> None:
+    """Consume until SIGTERM or Ctrl-C, with metrics and /healthz on the metrics port.
+
+    The metrics server starts first, so that /healthz answers 503 while the broker is not
+    (yet) connected; ``BUSSTATS_METRICS_PORT=off`` runs without it.
+    """
+    await require_credentials(get_session())  # none at all: fatal, before anything starts
     metrics = ConsumerMetrics()
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.api_host, registry=metrics.registry)
+    worker = Worker(settings, metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await Worker(settings, metrics).run(stop)
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.metrics_port is not None:
+            server = MetricsServer(
+                metrics.registry, worker.is_connected, settings.api_host, settings.metrics_port
+            )
+            await stack.enter_async_context(server)
+        await worker.run(stop)
+
+
+async def replay(settings: Settings, limit: int | None) -> int:
+    """``replay-dead-letters``: a broker it cannot reach is one line and exit 1."""
+    try:
+        return await replay_dead_letters(settings, limit=limit)
+    except (OSError, TimeoutError, AMQPException, AMQPError) as error:
+        url = where(settings.amqp_url.get_secret_value())
+        raise FatalStartupError(f"broker {url} unreachable: {describe(error)}") from None
 
 
 def main() -> None:
@@ -48,10 +83,14 @@ def main() -> None:
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     if args.command == "replay-dead-letters":
-        replayed = asyncio.run(replay_dead_letters(settings, limit=args.limit))
+        replayed = run_entry_point(replay(settings, args.limit))
         get_logger("consumer").info("dead_letters.replayed", count=replayed)
         sys.exit(0)
-    asyncio.run(serve(settings))
+    if args.command == "sweep":
+        counts = asyncio.run(sweep_dates(settings, args.start, args.end))
+        get_logger("consumer").info("sweep.finished", **counts)
+        sys.exit(0)
+    run_entry_point(serve(settings))
 
 
 if __name__ == "__main__":

@@ -7,17 +7,20 @@ the event loop: measured, a worker thread per chunk cost more (GIL hand-offs, on
 arena per thread) than it gave, in both throughput and peak memory.
 
 A failed attempt aborts its upload and starts the city over, so an object never mixes
-two fetches.
+two fetches. The figures the statistics need (:class:`common.models.ObjectSums`) are
+summed from the same pass, so a city's sums are ready the moment its object is.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from typing import Final
 
+from common.models import CityObject, CityRecord, ObjectSums
 from common.records import ArrayDecoder, BadRecord, MalformedBodyError
 from common.storage import S3Store, WrittenObject
-from consumer.convert import Converted, convert
+from consumer.convert import Converted, Sums, convert
 from consumer.fetcher import City, ReferenceClient, RetryableFetchError
 from consumer.retry import GaveUpError, RetryPolicy
 
@@ -33,6 +36,25 @@ class CityResult:
     bad_records: int
     kept_bad: list[BadRecord]
     retries: int
+    sums: ObjectSums
+
+    def record(self) -> CityRecord:
+        """What is stored beside the object once it is complete (a redelivery resumes)."""
+        return CityRecord(
+            city=CityObject(
+                city_id=self.city.id,
+                name=self.city.name,
+                country=self.city.country,
+                key=self.written.key,
+                etag=self.written.etag,
+                records=self.records,
+                bytes=self.written.size,
+                sums=self.sums,
+            ),
+            bad_records=self.bad_records,
+            kept_bad=self.kept_bad,
+            retries=self.retries,
+        )
 
 
 class CityFailedError(Exception):
@@ -55,7 +77,7 @@ class CityIngest:
 
     async def ingest(self, city: City, day: date, key: str) -> CityResult:
         try:
-            (written, records, bad_records, kept_bad), attempts = await self.retry.run(
+            (written, sums, bad_records, kept_bad), attempts = await self.retry.run(
                 lambda: self._attempt(city, day, key),
                 retry_on=(RetryableFetchError, MalformedBodyError),
                 on_retry=self.on_retry,
@@ -65,22 +87,29 @@ class CityIngest:
         return CityResult(
             city=city,
             written=written,
-            records=records,
+            records=sums.departures,
             bad_records=bad_records,
             kept_bad=kept_bad,
             retries=attempts - 1,
+            sums=ObjectSums(
+                departures=sums.departures,
+                passengers=sums.passengers,
+                accident=sums.accident,
+                delay_seconds=math.fsum(sums.delays),
+            ),
         )
 
     async def _attempt(
         self, city: City, day: date, key: str
-    ) -> tuple[WrittenObject, int, int, list[BadRecord]]:
+    ) -> tuple[WrittenObject, Sums, int, list[BadRecord]]:
         decoder = ArrayDecoder()
-        records = bad_records = 0
+        sums = Sums()
+        bad_records = 0
         kept_bad: list[BadRecord] = []
 
         async def take(converted: Converted) -> None:
-            nonlocal records, bad_records
-            records += converted.records
+            nonlocal bad_records
+            sums.add(converted)
             bad_records += len(converted.bad)
             kept_bad.extend(converted.bad[: KEPT_BAD_RECORDS - len(kept_bad)])
             await writer.write(converted.lines)
@@ -91,4 +120,4 @@ class CityIngest:
                     await take(convert(decoder, city.id, chunk))
             await take(convert(decoder, city.id, None))
         assert writer.result is not None  # noqa: S101 - set when the block completes
-        return writer.result, records, bad_records, kept_bad
+        return writer.result, sums, bad_records, kept_bad

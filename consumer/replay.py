@@ -1,51 +1,99 @@
-"""``python -m consumer replay-dead-letters``: move dead-lettered jobs back to the queue.
+"""``python -m consumer replay-dead-letters``: run dead-lettered jobs' dates again.
 
-Each message is republished (persistent, confirmed) with its id and a fresh delivery
-count, then acked on the dead-letter queue; a message that cannot be republished stays
-where it is. Undecodable messages are left in the dead-letter queue for inspection.
+A job that ended never runs again (so that nothing it wrote can be needed once it is
+swept). Replaying a dead letter therefore makes a **new job** for its date, under the
+date's next claim, exactly as ``POST /process-request?date=D&force=true`` would, and
+publishes it (persistent, confirmed) before the dead letter is acked. A dead letter whose
+date has been claimed by a newer job since is acked without a replay: that newer job has
+the date. Undecodable messages are left in the dead-letter queue for inspection.
 """
+
+import uuid
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from common.jobs import JobStore
+from common.layout import Layout
 from common.logs import get_logger
-from common.messages import UndecodableMessageError, decode_job
+from common.messages import (
+    CONTENT_TYPE,
+    MESSAGE_TYPE,
+    JobMessage,
+    UndecodableMessageError,
+    decode_job,
+)
+from common.models import JobState
 from common.settings import Settings
+from common.storage import open_store
 from common.topology import ROUTING_KEY, declare_topology
 
 log = get_logger(__name__)
+APP_ID = "bus-stats-replay"
 
 
 async def replay_dead_letters(settings: Settings, *, limit: int | None = None) -> int:
-    """Republish up to ``limit`` dead-lettered jobs; returns how many were replayed."""
-    connection = await aio_pika.connect_robust(settings.amqp_url.get_secret_value())
+    """Replay up to ``limit`` dead-lettered jobs; returns how many new jobs were queued."""
     replayed = 0
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        topology = await declare_topology(channel, settings.namespace, settings.delivery_limit)
-        skipped: list[AbstractIncomingMessage] = []
-        while limit is None or replayed < limit:
-            message = await topology.dead_letter_queue.get(no_ack=False, fail=False)
-            if message is None:
-                break
-            try:
-                job = decode_job(message.body)
-            except UndecodableMessageError:
-                skipped.append(message)
-                continue
-            replay = aio_pika.Message(
-                body=job.encode(),
-                content_type=message.content_type,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=job.job_id,
-                type=message.type,
-                app_id="bus-stats-replay",
-                headers={"date": job.date.isoformat(), "force": job.force, "replayed": True},
-            )
-            await topology.exchange.publish(replay, routing_key=ROUTING_KEY)
-            await message.ack()
-            replayed += 1
-            log.info("job.replayed", job_id=job.job_id, date=job.date.isoformat())
-        for message in skipped:
-            await message.reject(requeue=True)
+    async with open_store(settings) as store:
+        jobs = JobStore(store, Layout(settings.s3_prefix))
+        connection = await aio_pika.connect_robust(settings.amqp_url.get_secret_value())
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            topology = await declare_topology(channel, settings.namespace, settings.delivery_limit)
+            skipped: list[AbstractIncomingMessage] = []
+            while limit is None or replayed < limit:
+                message = await topology.dead_letter_queue.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                try:
+                    dead = decode_job(message.body)
+                except UndecodableMessageError:
+                    skipped.append(message)
+                    continue
+                state = await jobs.get(dead.job_id)
+                pointer, _ = await jobs.claim_of(dead.date)
+                generation = 0 if state is None else state.generation
+                if (
+                    pointer is not None
+                    and pointer.job_id != dead.job_id
+                    and pointer.generation > generation
+                ):
+                    log.info(
+                        "job.replay_skipped",
+                        job_id=dead.job_id,
+                        date=dead.date.isoformat(),
+                        newer_job_id=pointer.job_id,
+                    )
+                    await message.ack()
+                    continue
+                job = await jobs.claim(JobState.queued(uuid.uuid4().hex, dead.date, force=True))
+                replay = JobMessage(job_id=job.job_id, date=job.date, force=True)
+                await topology.exchange.publish(
+                    aio_pika.Message(
+                        body=replay.encode(),
+                        content_type=CONTENT_TYPE,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        message_id=job.job_id,
+                        type=MESSAGE_TYPE,
+                        app_id=APP_ID,
+                        headers={
+                            "date": job.date.isoformat(),
+                            "force": True,
+                            "replay_of": dead.job_id,
+                        },
+                    ),
+                    routing_key=ROUTING_KEY,
+                )
+                await message.ack()
+                replayed += 1
+                log.info(
+                    "job.replayed",
+                    job_id=job.job_id,
+                    replay_of=dead.job_id,
+                    date=job.date.isoformat(),
+                    generation=job.generation,
+                )
+            for message in skipped:
+                await message.reject(requeue=True)
     return replayed

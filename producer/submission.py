@@ -2,7 +2,7 @@
 
 import uuid
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Protocol
 
 from common.jobs import JobStore
@@ -25,27 +25,56 @@ class Submission:
     created: bool
 
 
-async def submit(jobs: JobStore, publisher: Publisher, day: date, *, force: bool) -> Submission:
+def is_stuck(job: JobState, stale_after: timedelta) -> bool:
+    """A running job whose heartbeat stopped: its consumer died or hangs.
+
+    The heartbeat (``updated_at``) is written by the consumer's clock and read against
+    this process's: skew between them only makes a new job come a little early or late.
+    It never decides which data wins (the claim's generation does), so a new job here is
+    always safe.
+    """
+    return job.status == "running" and utc_now() - job.updated_at > stale_after
+
+
+async def submit(
+    jobs: JobStore,
+    publisher: Publisher,
+    day: date,
+    *,
+    force: bool,
+    stale_after: timedelta = timedelta(seconds=60),
+) -> Submission:
     """The date's job: the existing one when it is queued, running or done, unless forced.
 
     ``force`` always makes a new job: it re-fetches a done date, and it is also the way
     out for a job whose message was lost (the API died between claiming and publishing).
+    A running job whose heartbeat is older than ``stale_after`` is replaced too.
 
-    A new job is written as ``queued``, made the date's newest with a compare-and-swap
-    (so two concurrent requests create one job), then published; publishing raises
-    ``PublishError`` when the broker does not confirm, and the job is marked failed.
+    A new job takes the date's next generation, is written as ``queued``, made the date's
+    newest claim with a compare-and-swap (so two concurrent requests create one job), then
+    published; publishing raises ``PublishError`` when the broker does not confirm, and
+    the job is marked failed. A running job of an older claim notices the new claim
+    within a heartbeat and stands down.
     """
     for _ in range(_POINTER_RACES):
-        current, etag = await jobs.latest(day)
-        if current is not None and not force and current.status in _REUSED_STATUSES:
+        pointer, etag = await jobs.claim_of(day)
+        current = None if pointer is None else await jobs.get(pointer.job_id)
+        if (
+            current is not None
+            and not force
+            and current.status in _REUSED_STATUSES
+            and not is_stuck(current, stale_after)
+        ):
             return Submission(job=current, created=False)
-        job = JobState.queued(uuid.uuid4().hex, day, force=force)
+        generation = (pointer.generation if pointer is not None else 0) + 1
+        job = JobState.queued(uuid.uuid4().hex, day, force=force, generation=generation)
         await jobs.save(job)
         if await jobs.point_to(job, etag):
             break
         log.info("job.raced", date=day.isoformat(), job_id=job.job_id)
     else:
         raise RuntimeError(f"could not claim date {day} after {_POINTER_RACES} tries")
+    await jobs.index(job)  # GET /jobs lists it (a job that lost the race for the claim is not)
     try:
         await publisher.publish(JobMessage(job_id=job.job_id, date=day, force=force))
     except BaseException:

@@ -1,11 +1,11 @@
 """``POST /process-request`` and ``GET /jobs/<id>``."""
 
 import hmac
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from pydantic import BaseModel
 from quart import Blueprint, Response, request
-from quart_schema import document_querystring, document_response
+from quart_schema import document_querystring, document_response, security_scheme
 
 from common.jobs import JobStore
 from common.models import JobState, JobStatus
@@ -48,17 +48,27 @@ class JobView(BaseModel):
     updated_at: datetime
 
 
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+"""The OpenAPI security requirement of the routes that check the token."""
+
+
 def _check_token() -> None:
+    """With ``BUSSTATS_API_TOKEN`` set, require ``Authorization: Bearer <token>``.
+
+    The scheme is case-insensitive (RFC 9110); a 401 carries ``WWW-Authenticate: Bearer``
+    (added by the app's error handler to every 401).
+    """
     token = get_services().settings.api_token
-    if token is None:
+    if token is None or not token.get_secret_value():
         return
-    header = request.headers.get("Authorization", "")
-    expected = f"Bearer {token.get_secret_value()}"
-    if not hmac.compare_digest(header.encode(), expected.encode()):
+    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    given = credentials.strip().encode() if scheme.lower() == "bearer" else b""
+    if not hmac.compare_digest(given, token.get_secret_value().encode()):
         raise ApiError(401, "a valid 'Authorization: Bearer <token>' header is required")
 
 
 @blueprint.post("/process-request")
+@security_scheme(BEARER)
 @document_querystring(ProcessRequestQuery)
 @document_response(JobAccepted, 202)
 @document_response(JobAccepted, 200)
@@ -73,7 +83,13 @@ async def process_request() -> Response:
     services = get_services()
     jobs = JobStore(services.store, services.layout)
     try:
-        submission = await submit(jobs, services.publisher, day, force=force)
+        submission = await submit(
+            jobs,
+            services.publisher,
+            day,
+            force=force,
+            stale_after=timedelta(seconds=services.settings.stale_job_seconds),
+        )
     except PublishError as error:
         raise ApiError(503, f"the job could not be queued, try again: {error}") from error
     job = submission.job

@@ -11,6 +11,8 @@ from common.layout import Layout, check_id
 DAY = date(2024, 1, 1)
 RUN = "0123456789abcdef0123456789abcdef"
 JOB = "fedcba9876543210fedcba9876543210"
+GEN = 7
+OWNED = f"gen={GEN}/job={JOB}/run={RUN}"
 
 
 def test_keys_without_prefix() -> None:
@@ -19,10 +21,13 @@ def test_keys_without_prefix() -> None:
     assert layout.latest_job(DAY) == "dates/date=2024-01-01/latest-job.json"
     assert layout.manifest(DAY) == "manifests/date=2024-01-01/manifest.json"
     assert layout.date_data(DAY) == "data/date=2024-01-01/"
-    assert layout.run_data(DAY, RUN) == f"data/date=2024-01-01/run={RUN}/"
-    assert layout.city_object(DAY, RUN, 3) == f"data/date=2024-01-01/run={RUN}/city=3.jsonl"
-    assert layout.city_object(DAY, RUN, 0) == f"data/date=2024-01-01/run={RUN}/city=0.jsonl"
-    assert layout.rejects_object(DAY, RUN) == f"data/date=2024-01-01/run={RUN}/rejects.jsonl"
+    owned = f"data/date=2024-01-01/{OWNED}"
+    assert layout.job_data(DAY, GEN, JOB) == f"data/date=2024-01-01/gen={GEN}/job={JOB}/"
+    assert layout.run_data(DAY, GEN, JOB, RUN) == f"{owned}/"
+    assert layout.city_object(DAY, GEN, JOB, RUN, 3) == f"{owned}/city=3.jsonl"
+    assert layout.city_object(DAY, GEN, JOB, RUN, 0) == f"{owned}/city=0.jsonl"
+    assert layout.city_record(DAY, GEN, JOB, RUN, 0) == f"{owned}/city=0.json"
+    assert layout.rejects_object(DAY, GEN, JOB, RUN) == f"{owned}/rejects.jsonl"
     assert layout.date_partials(DAY) == "partials/date=2024-01-01/"
 
 
@@ -32,10 +37,12 @@ def test_dates_are_zero_padded_iso() -> None:
 
 def test_run_and_city_keys_sit_under_their_date() -> None:
     layout = Layout("env/")
-    assert layout.run_data(DAY, RUN).startswith(layout.date_data(DAY))
-    assert layout.city_object(DAY, RUN, 5).startswith(layout.run_data(DAY, RUN))
-    assert layout.rejects_object(DAY, RUN).startswith(layout.run_data(DAY, RUN))
-    assert not layout.city_object(date(2024, 1, 11), RUN, 5).startswith(layout.date_data(DAY))
+    assert layout.run_data(DAY, GEN, JOB, RUN).startswith(layout.date_data(DAY))
+    assert layout.city_object(DAY, GEN, JOB, RUN, 5).startswith(layout.run_data(DAY, GEN, JOB, RUN))
+    assert layout.rejects_object(DAY, GEN, JOB, RUN).startswith(layout.run_data(DAY, GEN, JOB, RUN))
+    assert not layout.city_object(date(2024, 1, 11), GEN, JOB, RUN, 5).startswith(
+        layout.date_data(DAY)
+    )
 
 
 KEYS: dict[str, Callable[[Layout], str]] = {
@@ -43,11 +50,11 @@ KEYS: dict[str, Callable[[Layout], str]] = {
     "latest_job": lambda layout: layout.latest_job(DAY),
     "manifest": lambda layout: layout.manifest(DAY),
     "date_data": lambda layout: layout.date_data(DAY),
-    "run_data": lambda layout: layout.run_data(DAY, RUN),
-    "city_object": lambda layout: layout.city_object(DAY, RUN, 12),
-    "rejects_object": lambda layout: layout.rejects_object(DAY, RUN),
+    "run_data": lambda layout: layout.run_data(DAY, GEN, JOB, RUN),
+    "city_object": lambda layout: layout.city_object(DAY, GEN, JOB, RUN, 12),
+    "rejects_object": lambda layout: layout.rejects_object(DAY, GEN, JOB, RUN),
     "date_partials": lambda layout: layout.date_partials(DAY),
-    "partial": lambda layout: layout.partial(layout.city_object(DAY, RUN, 12), '"e1"'),
+    "partial": lambda layout: layout.partial(layout.city_object(DAY, GEN, JOB, RUN, 12), '"e1"'),
 }
 
 
@@ -103,9 +110,10 @@ def test_check_id_error_quotes_a_bounded_value() -> None:
     [
         lambda layout: layout.job("../x"),
         lambda layout: layout.job(RUN.upper()),
-        lambda layout: layout.run_data(DAY, "../x"),
-        lambda layout: layout.city_object(DAY, "../x", 1),
-        lambda layout: layout.rejects_object(DAY, ""),
+        lambda layout: layout.run_data(DAY, GEN, JOB, "../x"),
+        lambda layout: layout.run_data(DAY, GEN, "../x", RUN),
+        lambda layout: layout.city_object(DAY, GEN, JOB, "../x", 1),
+        lambda layout: layout.rejects_object(DAY, GEN, JOB, ""),
     ],
 )
 def test_keys_refuse_bad_ids(build: Callable[[Layout], str]) -> None:
@@ -116,40 +124,40 @@ def test_keys_refuse_bad_ids(build: Callable[[Layout], str]) -> None:
 @pytest.mark.parametrize("city_id", ["../x", "1/../2", "", "3.jsonl"])
 def test_city_id_cannot_inject_a_path(city_id: str) -> None:
     with pytest.raises(ValueError, match="invalid literal for int"):
-        Layout().city_object(DAY, RUN, city_id)  # type: ignore[arg-type]  # a str on purpose
+        Layout().city_object(DAY, GEN, JOB, RUN, city_id)  # type: ignore[arg-type]  # a str on purpose
 
 
 def test_partial_derives_from_data_key_and_etag() -> None:
     layout = Layout()
-    data_key = layout.city_object(DAY, RUN, 3)
+    data_key = layout.city_object(DAY, GEN, JOB, RUN, 3)
     etag = '"9b2cf535f27731c974343645a3985328"'
     assert layout.partial(data_key, etag) == (
-        f"partials/date=2024-01-01/run={RUN}/city=3.9b2cf535f27731c974343645a3985328.json"
+        f"partials/date=2024-01-01/{OWNED}/city=3.9b2cf535f27731c974343645a3985328.json"
     )
     assert layout.partial(data_key, etag).startswith(layout.date_partials(DAY))
 
 
 def test_partial_quoted_and_unquoted_etag_give_the_same_key() -> None:
     layout = Layout("p/")
-    data_key = layout.city_object(DAY, RUN, 3)
+    data_key = layout.city_object(DAY, GEN, JOB, RUN, 3)
     assert layout.partial(data_key, '"abc-2"') == layout.partial(data_key, "abc-2")
     assert (
         layout.partial(data_key, '"abc-2"')
-        == f"p/partials/date=2024-01-01/run={RUN}/city=3.abc-2.json"
+        == f"p/partials/date=2024-01-01/{OWNED}/city=3.abc-2.json"
     )
 
 
 def test_partial_keeps_multipart_etag_and_strips_path_characters() -> None:
     layout = Layout()
-    data_key = layout.city_object(DAY, RUN, 3)
+    data_key = layout.city_object(DAY, GEN, JOB, RUN, 3)
     assert layout.partial(data_key, '"../a/b c.d"').endswith("/city=3.abcd.json")
     assert layout.partial(data_key, '"0f-12"').endswith("/city=3.0f-12.json")
 
 
 def test_partial_of_rejects_object() -> None:
     layout = Layout()
-    assert layout.partial(layout.rejects_object(DAY, RUN), '"e"') == (
-        f"partials/date=2024-01-01/run={RUN}/rejects.e.json"
+    assert layout.partial(layout.rejects_object(DAY, GEN, JOB, RUN), '"e"') == (
+        f"partials/date=2024-01-01/{OWNED}/rejects.e.json"
     )
 
 
@@ -173,3 +181,46 @@ def test_layout_is_frozen() -> None:
     layout = Layout("p/")
     with pytest.raises(AttributeError):
         layout.prefix = "q/"  # type: ignore[misc]  # assigning to a frozen dataclass on purpose
+
+
+def test_parse_data_key_reads_the_owner_back() -> None:
+    layout = Layout("p/")
+    owner = layout.parse_data_key(layout.city_object(DAY, GEN, JOB, RUN, 4))
+    assert owner is not None
+    assert (owner.date, owner.generation, owner.job_id, owner.run_id, owner.name) == (
+        DAY,
+        GEN,
+        JOB,
+        RUN,
+        "city=4.jsonl",
+    )
+    legacy = layout.parse_data_key(f"p/data/date=2024-01-01/run={RUN}/city=4.jsonl")
+    assert legacy is not None
+    assert (legacy.generation, legacy.job_id, legacy.run_id) == (None, None, RUN)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        f"data/date=2024-01-01/run={RUN}/city=4.jsonl",  # another prefix's
+        f"p/data/date=2024-13-01/run={RUN}/city=4.jsonl",
+        f"p/data/date=2024-01-01/gen=x/job={JOB}/run={RUN}/city=4.jsonl",
+        f"p/data/date=2024-01-01/gen=1/run={RUN}/city=4.jsonl",
+        f"p/data/date=2024-01-01/run={RUN}/a/city=4.jsonl",
+    ],
+)
+def test_parse_data_key_refuses_other_keys(key: str) -> None:
+    assert Layout("p/").parse_data_key(key) is None
+
+
+def test_partials_map_back_to_their_data_object() -> None:
+    layout = Layout("p/")
+    data_key = layout.city_object(DAY, GEN, JOB, RUN, 3)
+    assert layout.data_key_of_partial(layout.partial(data_key, '"abc-2"')) == data_key
+    summary = layout.date_summary(DAY, RUN, '"e-1"')
+    assert layout.summary_run(summary) == RUN
+    assert layout.summary_run(layout.partial(data_key, '"e"')) is None
+    assert layout.partial_date(summary) == DAY
+    assert layout.partials_of_job(layout.job_data(DAY, GEN, JOB)) == (
+        f"p/partials/date=2024-01-01/gen={GEN}/job={JOB}/"
+    )

@@ -1,0 +1,199 @@
+"""Deleting what no committed manifest and no live run can use: decided from keys and S3.
+
+Every data object's key names the claim (generation) and job that wrote it
+(:meth:`common.layout.Layout.parse_data_key`). Once a manifest of generation ``g`` is
+committed, a run of generation ``g`` or lower can never commit (a commit needs a higher
+generation than the manifest it replaces), so everything such runs wrote that the
+manifest does not name may go, whether they still run or not. Runs of a later generation
+are never touched by that rule: they belong to a newer claim.
+
+The final sweep (``python -m consumer sweep``) also removes the leftovers of jobs that
+ended (``succeeded`` or ``failed``): an ended job never runs again, so nothing it wrote
+outside a committed manifest can be needed. A job that is queued or running keeps
+everything (it may resume), whatever its age: no clock ever decides what is deleted.
+
+Multipart uploads follow the same rules as objects. Partial-sum sidecars follow their
+data object; a date summary is kept only for the committed run.
+"""
+
+from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
+
+from common.jobs import JobStore, ManifestStore
+from common.layout import DataKey, Layout
+from common.logs import get_logger
+from common.models import Manifest
+from common.settings import Settings
+from common.storage import ObjectStore, open_store
+
+log = get_logger(__name__)
+
+_ENDED = frozenset({"succeeded", "failed"})
+
+
+@dataclass
+class SweepCounts:
+    objects: int = 0
+    partials: int = 0
+    uploads: int = 0
+    kept: int = 0
+
+
+@dataclass
+class _Owners:
+    """Decides, for one date, whether what a run wrote may be deleted."""
+
+    jobs: JobStore
+    committed: Manifest | None
+    check_jobs: bool
+    _ended: dict[str, bool] = field(default_factory=dict)
+
+    async def may_delete(self, owner: DataKey) -> bool:
+        if owner.generation is None:
+            # Written before generations existed, and not named by the manifest: a run of
+            # an older version, which consumers no longer run (upgrades drain them first).
+            return True
+        if self.committed is not None and owner.generation <= self.committed.generation:
+            return True
+        if not self.check_jobs or owner.job_id is None:
+            return False
+        return await self._job_ended(owner.job_id)
+
+    async def _job_ended(self, job_id: str) -> bool:
+        if job_id not in self._ended:
+            state = await self.jobs.get(job_id)
+            # No state at all: the job was never started by a consumer (a run saves its
+            # state before it writes anything), so nothing can resume from these objects.
+            self._ended[job_id] = state is None or state.status in _ENDED
+        return self._ended[job_id]
+
+
+class Sweeper:
+    def __init__(self, store: ObjectStore, layout: Layout) -> None:
+        self._store = store
+        self._layout = layout
+        self.jobs = JobStore(store, layout)
+        self.manifests = ManifestStore(store, layout)
+
+    async def after_commit(self, manifest: Manifest) -> SweepCounts:
+        """What runs of this generation or older left of the date (the commit's sweep)."""
+        return await self._sweep(manifest.date, manifest, check_jobs=False)
+
+    async def final(self, day: date) -> SweepCounts:
+        """Everything of the date that neither its manifest nor a job still active needs."""
+        committed, _ = await self.manifests.get(day)
+        return await self._sweep(day, committed, check_jobs=True)
+
+    async def dates(self) -> list[date]:
+        """Every date that has data objects, uploads or partials (for a full sweep)."""
+        found: set[date] = set()
+        async for item in self._store.list_objects(self._layout.data_root):
+            owner = self._layout.parse_data_key(item.key)
+            if owner is not None:
+                found.add(owner.date)
+        for upload in await self._store.pending_uploads(self._layout.data_root):
+            owner = self._layout.parse_data_key(upload.key)
+            if owner is not None:
+                found.add(owner.date)
+        async for item in self._store.list_objects(self._layout.partials_root):
+            day = self._layout.partial_date(item.key)
+            if day is not None:
+                found.add(day)
+        return sorted(found)
+
+    async def delete_job(self, day: date, generation: int, job_id: str) -> SweepCounts:
+        """Everything one job wrote under the date (it ended without committing)."""
+        prefix = self._layout.job_data(day, generation, job_id)
+        keys = [item.key async for item in self._store.list_objects(prefix)]
+        await self._store.delete(keys)
+        uploads = await self._store.pending_uploads(prefix)
+        for upload in uploads:
+            await self._store.abort_upload(upload.key, upload.upload_id)
+        partials = [
+            item.key
+            async for item in self._store.list_objects(self._layout.partials_of_job(prefix))
+        ]
+        await self._store.delete(partials)
+        return SweepCounts(objects=len(keys), partials=len(partials), uploads=len(uploads))
+
+    async def _sweep(
+        self, day: date, committed: Manifest | None, *, check_jobs: bool
+    ) -> SweepCounts:
+        owners = _Owners(self.jobs, committed, check_jobs)
+        keep: set[str] = set()
+        if committed is not None:
+            keep = {city.key for city in committed.cities}
+            if committed.rejects is not None:
+                keep.add(committed.rejects.key)
+        counts = SweepCounts()
+        layout, store = self._layout, self._store
+
+        stale: list[str] = []
+        async for item in store.list_objects(layout.date_data(day)):
+            owner = layout.parse_data_key(item.key)
+            if item.key in keep or owner is None:
+                counts.kept += 1
+            elif await owners.may_delete(owner):
+                stale.append(item.key)
+            else:
+                counts.kept += 1
+        await store.delete(stale)
+        counts.objects = len(stale)
+
+        for upload in await store.pending_uploads(layout.date_data(day)):
+            owner = layout.parse_data_key(upload.key)
+            if owner is not None and await owners.may_delete(owner):
+                await store.abort_upload(upload.key, upload.upload_id)
+                counts.uploads += 1
+
+        partials = [
+            item.key
+            async for item in store.list_objects(layout.date_partials(day))
+            if await self._partial_may_go(item.key, committed, keep, owners)
+        ]
+        await store.delete(partials)
+        counts.partials = len(partials)
+        log.info(
+            "date.swept",
+            date=day.isoformat(),
+            generation=None if committed is None else committed.generation,
+            objects=counts.objects,
+            partials=counts.partials,
+            uploads=counts.uploads,
+            kept=counts.kept,
+        )
+        return counts
+
+    async def _partial_may_go(
+        self, key: str, committed: Manifest | None, keep: set[str], owners: _Owners
+    ) -> bool:
+        summary_run = self._layout.summary_run(key)
+        if summary_run is not None:
+            return committed is None or summary_run != committed.run_id
+        data_key = self._layout.data_key_of_partial(key)
+        if data_key is None or data_key in keep:
+            return False
+        owner = self._layout.parse_data_key(data_key)
+        return owner is not None and await owners.may_delete(owner)
+
+
+async def sweep_dates(settings: Settings, start: date | None, end: date | None) -> dict[str, int]:
+    """The final sweep of every date in ``start..end`` (open ends: every date found)."""
+    totals = SweepCounts()
+    async with open_store(settings) as store:
+        sweeper = Sweeper(store, Layout(settings.s3_prefix))
+        if start is not None and end is not None:
+            days = [start + timedelta(days=offset) for offset in range((end - start).days + 1)]
+        else:
+            days = [
+                day
+                for day in await sweeper.dates()
+                if (start is None or day >= start) and (end is None or day <= end)
+            ]
+        for day in days:
+            counts = await sweeper.final(day)
+            totals.objects += counts.objects
+            totals.partials += counts.partials
+            totals.uploads += counts.uploads
+            totals.kept += counts.kept
+    return {"dates": len(days), **asdict(totals)}
