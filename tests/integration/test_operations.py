@@ -13,8 +13,12 @@ from moto.server import ThreadedMotoServer
 from pydantic import SecretStr
 from quart.typing import TestClientProtocol as Client
 
-from common.messages import JobMessage
+from common.jobs import JobStore
+from common.layout import Layout
+from common.messages import JobMessage, decode_job
+from common.models import JobState
 from common.settings import Settings
+from common.storage import S3Store
 from common.topology import declare_topology
 from producer.app import create_app
 from tests.conftest import make_settings
@@ -136,16 +140,23 @@ async def test_consumer_serves_its_metrics(
         assert await consumer.stop() == 0
 
 
-async def test_replay_dead_letters_moves_jobs_back_and_keeps_poison(
-    settings: Settings, amqp: AbstractRobustConnection
+async def test_replay_dead_letters_queues_new_jobs_and_keeps_poison(
+    settings: Settings, store: S3Store, amqp: AbstractRobustConnection
 ) -> None:
     channel = await amqp.channel(publisher_confirms=True)
     topology = await declare_topology(channel, settings.namespace, settings.delivery_limit)
     dead_exchange = await channel.get_exchange(topology.names.dead_letter_exchange)
-    job = JobMessage(job_id="a" * 32, date=date(2024, 1, 1))
-    await dead_exchange.publish(
-        aio_pika.Message(job.encode(), message_id=job.job_id), routing_key=""
-    )
+    jobs = JobStore(store, Layout())
+    day, other_day = date(2024, 1, 1), date(2024, 1, 2)
+    # A dead job that still holds its date's claim, and one overtaken by a newer job.
+    dead = await jobs.claim(JobState.queued("a" * 32, day, force=False))
+    overtaken = await jobs.claim(JobState.queued("b" * 32, other_day, force=False))
+    await jobs.claim(JobState.queued("c" * 32, other_day, force=True))
+    for job in (dead, overtaken):
+        message = JobMessage(job_id=job.job_id, date=job.date)
+        await dead_exchange.publish(
+            aio_pika.Message(message.encode(), message_id=job.job_id), routing_key=""
+        )
     await dead_exchange.publish(aio_pika.Message(b"poison", message_id="poison"), routing_key="")
     process = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "consumer", "replay-dead-letters"),
@@ -158,9 +169,16 @@ async def test_replay_dead_letters_moves_jobs_back_and_keeps_poison(
     assert process.returncode == 0, output
     assert b'"count": 1' in output
     replayed = await topology.queue.get(timeout=5)
-    assert replayed.message_id == job.job_id
-    assert replayed.body == job.encode()
+    # An ended job never runs again: the replay is a new job of the date, the next claim.
+    replay = decode_job(replayed.body)
+    assert (replay.date, replay.force) == (day, True)
+    assert replay.job_id != dead.job_id
+    assert replayed.message_id == replay.job_id
     await replayed.ack()
+    pointer, _ = await jobs.claim_of(day)
+    assert pointer is not None
+    assert (pointer.job_id, pointer.generation) == (replay.job_id, dead.generation + 1)
+    assert await topology.queue.get(fail=False) is None  # the overtaken one is not replayed
     left = await topology.dead_letter_queue.get(timeout=5)
     assert left.body == b"poison"
     await left.ack()
