@@ -2,6 +2,7 @@
 
 ``python -m consumer replay-dead-letters`` moves dead-lettered jobs back to the queue.
 ``python -m consumer sweep`` deletes what no committed date and no active job needs.
+``python -m consumer backfill-sums --from D --to D`` writes stats sums into older manifests.
 """
 
 import argparse
@@ -19,6 +20,7 @@ from common.logs import configure_logging, get_logger
 from common.settings import Settings, load_settings
 from common.startup import FatalStartupError, describe, run_entry_point, where
 from common.storage import require_credentials
+from consumer.backfill import backfill_sums
 from consumer.metrics import ConsumerMetrics, MetricsServer
 from consumer.replay import replay_dead_letters
 from consumer.sweep import sweep_dates
@@ -44,6 +46,12 @@ def parse_args() -> argparse.Namespace:
     )
     sweep.add_argument("--from", dest="start", type=date.fromisoformat, help="YYYY-MM-DD")
     sweep.add_argument("--to", dest="end", type=date.fromisoformat, help="YYYY-MM-DD")
+    backfill = commands.add_parser(
+        "backfill-sums",
+        help="write the stats sums into the manifests of dates committed without them",
+    )
+    backfill.add_argument("--from", dest="start", type=date.fromisoformat, required=True)
+    backfill.add_argument("--to", dest="end", type=date.fromisoformat, required=True)
     return parser.parse_args()
 
 
@@ -86,6 +94,9 @@ def main() -> None:
         replayed = run_entry_point(replay(settings, args.limit))
         get_logger("consumer").info("dead_letters.replayed", count=replayed)
         sys.exit(0)
+    if args.command == "backfill-sums":
+        outcomes = asyncio.run(backfill_sums(settings, args.start, args.end))
+        sys.exit(1 if any(item.outcome in {"changed", "unreadable"} for item in outcomes) else 0)
     if args.command == "sweep":
         counts = asyncio.run(sweep_dates(settings, args.start, args.end))
         get_logger("consumer").info("sweep.finished", **counts)

@@ -1,6 +1,5 @@
 """The API: ``create_app(settings)`` builds a Quart app whose clients live in its lifecycle."""
 
-import asyncio
 from collections.abc import AsyncGenerator
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -17,7 +16,7 @@ from producer.metrics import ApiMetrics
 from producer.publisher import JobPublisher
 from producer.routes import health, jobs, stats
 from producer.services import EXTENSION_KEY, Services
-from producer.stats import SummaryCache
+from producer.stats import StatsShared
 
 log = get_logger(__name__)
 MAX_REQUEST_BYTES = 64 * 1024
@@ -50,8 +49,7 @@ def create_app(settings: Settings, metrics: ApiMetrics | None = None) -> Quart:
                 store=store,
                 publisher=publisher,
                 metrics=metrics,
-                stats_slots=asyncio.Semaphore(settings.stats_concurrency),
-                stats_cache=SummaryCache(),
+                stats=StatsShared.create(objects_at_once=settings.stats_concurrency),
             )
             log.info("api.started", namespace=settings.namespace, bucket=settings.s3_bucket)
             yield

@@ -1,6 +1,5 @@
 """The clients one API process holds, created in its lifecycle hooks and reached per request."""
 
-import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -10,7 +9,7 @@ from common.layout import Layout
 from common.settings import Settings
 from common.storage import S3Store
 from producer.metrics import ApiMetrics
-from producer.stats import SummaryCache
+from producer.stats import StatsShared
 
 if TYPE_CHECKING:
     from producer.publisher import JobPublisher
@@ -25,10 +24,9 @@ class Services:
     store: S3Store
     publisher: "JobPublisher"
     metrics: ApiMetrics
-    stats_slots: asyncio.Semaphore
-    """Raw objects parsed at once, shared by every stats query of the process."""
-    stats_cache: SummaryCache
-    """Whole dates' sums by manifest version, shared by every stats query of the process."""
+    stats: StatsShared
+    """In-flight reads, the dates cache and the object path's bounds, shared by every
+    stats query of the process."""
 
 
 def get_services() -> Services:

@@ -1,33 +1,90 @@
-"""``GET /country-stats?from=YYYY-MM-DD&to=YYYY-MM-DD``: per-country daily statistics."""
+"""``GET /country-stats``: per-country daily statistics, as JSON or CSV."""
 
+import asyncio
 import time
 from datetime import date
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from quart import Blueprint, Response, request
 from quart_schema import document_querystring, document_response
 
-from producer.http import ApiError, ErrorBody, json_response, parse_day
+from producer.http import ApiError, ErrorBody, parse_day, parse_flag
+from producer.openapi import document_media_response
 from producer.services import get_services
-from producer.stats import DateChangingError, StatsReader
+from producer.stats import DateChangingError, S3ObjectSource, StatsReader
+from producer.stats.render import CSV_COLUMNS, csv_bytes, json_bytes
 
 blueprint = Blueprint("stats", __name__)
+MAX_COUNTRY_CHARS = 200
+CSV_TYPE = "text/csv; charset=utf-8"
 
 
 class CountryStatsQuery(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
-    from_: str = Field(alias="from", description="first date, YYYY-MM-DD (inclusive)")
-    to: str = Field(description="last date, YYYY-MM-DD (inclusive)")
+    from_: str = Field(
+        alias="from",
+        description="first date, YYYY-MM-DD (inclusive)",
+        json_schema_extra={"required": True},
+    )
+    to: str = Field(
+        description="last date, YYYY-MM-DD (inclusive)", json_schema_extra={"required": True}
+    )
+    country: str | None = Field(
+        None, description="only this country's rows (exact name, as the answer spells it)"
+    )
+    format: Literal["json", "csv"] | None = Field(
+        None,
+        description="answer as JSON or CSV; without it, the Accept header decides "
+        "(text/csv gives CSV), JSON otherwise",
+    )
+    verify: bool = Field(
+        False,
+        description="recompute every date from its raw objects (slow: reads every byte) and "
+        "report, under 'verify', any city whose sums stored at ingest disagree",
+    )
 
 
 class CountryDayView(BaseModel):
     date: date
     country: str
     buses_started: int = Field(description="departures of the country's cities that day")
-    passengers: int
+    passengers: int = Field(description="exact, whatever its size")
     accident: bool = Field(description="whether any departure had an accident")
     average_delay_seconds: float = Field(description="total delay / departures, unrounded")
+
+
+class UnreadableDateView(BaseModel):
+    date: date
+    reason: str = Field(description="what is wrong with the committed data, and what to do")
+
+
+class MismatchView(BaseModel):
+    date: date
+    city_id: int
+    key: str = Field(description="the city object whose records disagree with its sums")
+    field: Literal["departures", "passengers", "accident", "delay_seconds"]
+    stored: int | float | bool = Field(description="as stored in the manifest at ingest")
+    recomputed: int | float | bool = Field(description="from the object's records")
+
+
+class VerifyView(BaseModel):
+    """Only with ``verify=true``: stored sums against the objects' records."""
+
+    status: Literal["ok", "mismatch"] = Field(
+        description="ok: every stored sum equals its records' (integers exactly, the delay "
+        "sum within float rounding); mismatch: see 'mismatches'"
+    )
+    dates_verified: int
+    mismatched_dates: list[date]
+    mismatches: list[MismatchView]
+    dates_without_sums: list[date] = Field(
+        description="dates committed without stored sums: answered from the objects, "
+        "nothing to compare (python -m consumer backfill-sums writes them)"
+    )
+    objects_read: int
+    bytes_read: int
 
 
 class CountryStatsView(BaseModel):
@@ -37,6 +94,17 @@ class CountryStatsView(BaseModel):
     to: date
     stats: list[CountryDayView] = Field(description="sorted by date, then country")
     missing_dates: list[date] = Field(description="dates in the range with no committed data")
+    unreadable_dates: list[UnreadableDateView] = Field(
+        description="committed dates whose data cannot be read: left out of 'stats'"
+    )
+    verify: VerifyView | None = None
+
+
+CSV_DESCRIPTION = (
+    "With format=csv or Accept: text/csv: the rows of 'stats' as RFC 4180 CSV with a header "
+    f"line ({','.join(CSV_COLUMNS)}), sent with Content-Disposition: attachment; "
+    'filename="country-stats_<from>_<to>.csv"'
+)
 
 
 def _parse_range(max_days: int) -> tuple[date, date]:
@@ -55,39 +123,65 @@ def _parse_range(max_days: int) -> tuple[date, date]:
     return start, end
 
 
+def _wants_csv() -> bool:
+    chosen = request.args.get("format")
+    if chosen in {None, ""}:
+        best = request.accept_mimetypes.best_match(["application/json", "text/csv"])
+        return best == "text/csv"
+    if chosen in {"json", "csv"}:
+        return chosen == "csv"
+    raise ApiError(400, f"query parameter 'format' must be json or csv, got {chosen[:40]!r}")
+
+
+def _country() -> str | None:
+    name = request.args.get("country")
+    if not name:
+        return None
+    if len(name) > MAX_COUNTRY_CHARS:
+        raise ApiError(400, f"query parameter 'country' is longer than {MAX_COUNTRY_CHARS}")
+    return name
+
+
 @blueprint.get("/country-stats")
 @document_querystring(CountryStatsQuery)
 @document_response(CountryStatsView, 200)
+@document_media_response(200, "text/csv", CSV_DESCRIPTION)
 @document_response(ErrorBody, 400)
 @document_response(ErrorBody, 503)
 async def country_stats() -> Response:
-    """Per (date, country): departures, passengers, any accident, weighted average delay."""
+    """Per (date, country): departures, passengers, any accident, weighted average delay.
+
+    Dates committed with sums are answered from their manifests alone; older dates, and
+    every date with verify=true, from their raw objects.
+    """
     services = get_services()
-    settings = services.settings
-    start, end = _parse_range(settings.max_range_days)
+    start, end = _parse_range(services.settings.max_range_days)
+    as_csv = _wants_csv()
+    country = _country()
+    verify = parse_flag(request.args.get("verify"), "verify")
+    store = services.store
     reader = StatsReader(
-        services.store,
-        services.layout,
-        concurrency=settings.stats_concurrency,
-        slots=services.stats_slots,
-        cache=services.stats_cache,
+        store, S3ObjectSource(store.client, store.bucket), services.layout, services.stats
     )
     clock = time.monotonic()
     try:
-        result = await reader.country_stats(start, end)
+        result = await reader.country_stats(start, end, verify=verify, country=country)
     except DateChangingError as error:
         raise ApiError(
             503, f"dates changed while being read, try again: {', '.join(map(str, error.days))}"
         ) from error
-    services.metrics.stats_seconds.observe(time.monotonic() - clock)
     services.metrics.stats_bytes.inc(result.counts.bytes_read)
-    services.metrics.stats_partials.inc(result.counts.partials_used)
-    # Rows are dataclasses and dates: orjson writes them natively, without a model pass.
-    return json_response(
-        {
-            "from": result.start,
-            "to": result.end,
-            "stats": result.rows,
-            "missing_dates": result.missing_dates,
-        }
-    )
+    services.metrics.stats_partials.inc(result.counts.sums_used)
+    # Serialising a year of rows takes a while: never on the event loop.
+    if as_csv:
+        response = Response(await asyncio.to_thread(csv_bytes, result.rows), content_type=CSV_TYPE)
+        name = f"country-stats_{start.isoformat()}_{end.isoformat()}.csv"
+        response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+        if result.verification is not None:
+            response.headers["X-Verify-Status"] = result.verification.status
+    else:
+        body = await asyncio.to_thread(json_bytes, result)
+        response = Response(body, content_type="application/json")
+    response.vary.add("Accept")
+    services.metrics.stats_seconds.observe(time.monotonic() - clock)
+    return response

@@ -119,6 +119,7 @@ async def test_dates_flow_from_request_to_s3_with_two_consumers(
         "to": (days[-1] + timedelta(days=1)).isoformat(),
         "stats": expected_stats(FAST, days),
         "missing_dates": [(days[-1] + timedelta(days=1)).isoformat()],
+        "unreadable_dates": [],
     }
     assert await stored_stats(store, settings, days) == expected_stats(FAST, days)
     handled_by = {
