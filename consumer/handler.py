@@ -22,6 +22,7 @@ everything the job wrote. The committed version of the date is never touched.
 """
 
 import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -157,7 +158,16 @@ class Handler:
     async def end(
         self, state: JobState, reason: str, *, superseded_by: str | None = None
     ) -> JobState:
-        """Mark the job ``failed`` with ``reason``, then delete everything it wrote."""
+        """Mark the job ``failed`` with ``reason``, then delete everything it wrote.
+
+        Unless the date's manifest names the job after all (a commit whose answer was
+        lost): then it succeeded, and nothing of it may be deleted. If the manifest
+        cannot be read, the error goes up and nothing is deleted.
+        """
+        committed, _ = await self.manifests.get(state.date)
+        if committed is not None and committed.job_id == state.job_id:
+            log.info("job.committed_after_all", run_id=committed.run_id)
+            return await self.save_succeeded(state, committed)
         now = utc_now()
         ended = state.model_copy(
             update={
@@ -212,6 +222,7 @@ class _Run:
         self.generation = state.generation
         self.run_id = uuid.uuid4().hex
         self.started = utc_now()
+        self._committing = False  # from here on, only the commit protocol decides
         self._committed = False
         self._superseded_by: str | None = None
         self.state = state.model_copy(
@@ -279,7 +290,8 @@ class _Run:
     async def _supervised(self) -> Manifest:
         """The run's work beside its heartbeat; the heartbeat is over when this returns."""
         work = asyncio.create_task(self._work())
-        beat = asyncio.create_task(self._heartbeat(work))
+        stop = asyncio.Event()
+        beat = asyncio.create_task(self._heartbeat(work, stop))
         try:
             return await work
         except asyncio.CancelledError:
@@ -288,16 +300,21 @@ class _Run:
                 raise SupersededError(self._superseded_by) from None
             raise
         finally:
-            beat.cancel()
+            # Not cancelled mid-write: a late heartbeat must never land after the final state.
+            stop.set()
             await asyncio.wait([beat])
 
-    async def _heartbeat(self, work: "asyncio.Task[Manifest]") -> None:
+    async def _heartbeat(self, work: "asyncio.Task[Manifest]", stop: asyncio.Event) -> None:
         """Rewrite the state every ``heartbeat_seconds``; stop the work for a newer claim."""
         while True:
-            await asyncio.sleep(self.h.settings.heartbeat_seconds)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.h.settings.heartbeat_seconds):
+                    await stop.wait()
+            if stop.is_set():
+                return
             try:
                 newer = await self.h.newer_claim(self.state)
-                if newer is not None and not self._committed:
+                if newer is not None and not self._committing:
                     self._superseded_by = newer
                     work.cancel("superseded by a newer claim")
                     return
@@ -437,6 +454,7 @@ class _Run:
             await self.h.jobs.save(self.state)
 
     async def _commit(self) -> Manifest:
+        self._committing = True
         manifest = Manifest(
             date=self.day,
             job_id=self.job_id,
@@ -458,11 +476,20 @@ class _Run:
             newer = await self.h.newer_claim(self.state)
             if newer is not None:
                 raise SupersededError(newer)
+            own = await self.h.jobs.get(self.job_id)
+            if own is not None and own.status == "failed":
+                # Another attempt of this job ended it (this run was thought lost).
+                raise JobFailedError(own.error or "the job was ended", retryable=False)
             try:
                 await self.h.manifests.commit(manifest, etag)
             except WriteConflictError:
                 log.info("manifest.raced", run_id=self.run_id)
                 continue
+            except Exception:
+                # The answer was lost, not necessarily the write: look before failing.
+                current, _ = await self.h.manifests.get(self.day)
+                if current is None or current.run_id != self.run_id:
+                    raise
             self._committed = True
             log.info(
                 "manifest.committed",

@@ -3,7 +3,7 @@
 import hmac
 from datetime import date, datetime, timedelta
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from quart import Blueprint, Response, request
 from quart_schema import document_querystring, document_response, security_scheme
 
@@ -42,6 +42,12 @@ class JobView(BaseModel):
     attempts: int
     error: str | None
     force: bool
+    generation: int = Field(
+        description="the date's claim this job holds: a newer job of the date supersedes it"
+    )
+    superseded_by: str | None = Field(
+        description="the newer job of the date that made this one stand down (then failed)"
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
