@@ -13,19 +13,55 @@ from common.settings import Settings
 from common.storage import open_store
 from producer.http import ApiError, error_response
 from producer.metrics import ApiMetrics
+from producer.openapi import OpenApi, document_media_response
 from producer.publisher import JobPublisher
-from producer.routes import health, jobs, stats
+from producer.routes import health, jobs, listing, page, stats
 from producer.services import EXTENSION_KEY, Services
 from producer.stats import StatsShared
 
 log = get_logger(__name__)
 MAX_REQUEST_BYTES = 64 * 1024
+# /docs is served by quart-schema from these files (relative: they work under a path prefix).
+SWAGGER_JS = "static/vendor/swagger-ui/swagger-ui-bundle.js"
+SWAGGER_CSS = "static/vendor/swagger-ui/swagger-ui.css"
+# Checked only when BUSSTATS_API_TOKEN is set (quart-schema takes no description here).
+BEARER_SCHEME = {"type": "http", "scheme": "bearer"}
+CORS_PREFLIGHT_SECONDS = "600"
+
+
+def cors_origins(settings: Settings) -> frozenset[str]:
+    """``BUSSTATS_CORS_ORIGINS`` as a set; empty: CORS is off (no header is ever sent)."""
+    return frozenset(filter(None, (part.strip() for part in settings.cors_origins.split(","))))
+
+
+def add_cors(response: Response, origins: frozenset[str]) -> None:
+    """Let the request's origin read the answer if it is allowed (``*``: any origin)."""
+    origin = request.headers.get("Origin")
+    if not origin or not ({origin, "*"} & origins):
+        return
+    response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
+    response.vary.add("Origin")
+    response.headers["Access-Control-Expose-Headers"] = "Location, WWW-Authenticate"
+    if request.method == "OPTIONS":
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST"
+        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Accept"
+        response.headers["Access-Control-Max-Age"] = CORS_PREFLIGHT_SECONDS
+
+
+def add_answer_headers(response: Response, origins: frozenset[str]) -> None:
+    """A 401 names the scheme it wants (RFC 9110); CORS headers for allowed origins."""
+    if response.status_code == 401:  # noqa: PLR2004 - HTTP 401
+        response.headers["WWW-Authenticate"] = 'Bearer realm="bus-stats"'
+    if origins:
+        add_cors(response, origins)
 
 
 def create_app(settings: Settings, metrics: ApiMetrics | None = None) -> Quart:
     metrics = metrics or ApiMetrics()
-    app = Quart("bus-stats")
+    app = Quart("bus-stats", static_folder=None)  # the page blueprint serves /static
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    app.config["QUART_SCHEMA_SWAGGER_JS_URL"] = SWAGGER_JS
+    app.config["QUART_SCHEMA_SWAGGER_CSS_URL"] = SWAGGER_CSS
     QuartSchema(
         app,
         info={"title": "bus-stats", "version": "1"},
@@ -33,9 +69,13 @@ def create_app(settings: Settings, metrics: ApiMetrics | None = None) -> Quart:
         swagger_ui_path="/docs",
         redoc_ui_path=None,
         scalar_ui_path=None,
+        security_schemes={"bearer": BEARER_SCHEME},
+        openapi_provider_class=OpenApi,
     )
-    for blueprint in (health.blueprint, jobs.blueprint, stats.blueprint):
-        app.register_blueprint(blueprint)
+    blueprints = (page, health, jobs, listing, stats)
+    for module in blueprints:
+        app.register_blueprint(module.blueprint)
+    allowed_origins = cors_origins(settings)
 
     @app.while_serving
     async def lifecycle() -> AsyncGenerator[None, None]:
@@ -56,6 +96,7 @@ def create_app(settings: Settings, metrics: ApiMetrics | None = None) -> Quart:
             del app.extensions[EXTENSION_KEY]
 
     @app.get("/metrics")
+    @document_media_response(200, "text/plain", "Prometheus text exposition format")
     async def prometheus_metrics() -> Response:
         """Prometheus metrics of this API process."""
         return Response(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
@@ -64,6 +105,7 @@ def create_app(settings: Settings, metrics: ApiMetrics | None = None) -> Quart:
     async def count_request(response: Response) -> Response:
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         metrics.requests.labels(rule, request.method, str(response.status_code)).inc()
+        add_answer_headers(response, allowed_origins)
         return response
 
     @app.errorhandler(ApiError)

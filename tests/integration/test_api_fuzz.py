@@ -237,7 +237,7 @@ SEGMENT = st.one_of(
 def test_unknown_paths_and_methods_are_json_404_or_405(served: ServedApp) -> None:
     routes = {
         "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/process-request",
-        "/country-stats",
+        "/country-stats", "/", "/jobs", "/dates", "/favicon.ico",
     }  # fmt: skip
 
     @hypothesis_settings(max_examples=2 * EXAMPLES, deadline=None)
