@@ -1,0 +1,153 @@
+"""What the sweeps delete, decided from keys, manifests and job states: never from clocks.
+
+Against a real Moto server: objects and unfinished uploads of several generations and jobs
+of one date, then the commit's sweep and the final sweep, checked key by key.
+"""
+
+from datetime import date
+
+import pytest
+
+from common.jobs import JobStore, ManifestStore
+from common.layout import Layout
+from common.models import CityObject, JobState, JobStatus, Manifest, utc_now
+from common.storage import S3Store
+from consumer.sweep import Sweeper
+
+pytestmark = pytest.mark.integration
+
+DAY = date(2024, 2, 1)
+OTHER_DAY = date(2024, 2, 2)
+LAYOUT = Layout()
+RUN = "1" * 32
+
+
+def job_id(generation: int) -> str:
+    return f"{generation:x}" * 32
+
+
+async def write_job(store: S3Store, generation: int, status: JobStatus, day: date = DAY) -> None:
+    state = JobState.queued(job_id(generation), day, force=True, generation=generation)
+    await JobStore(store, LAYOUT).save(state.model_copy(update={"status": status}))
+
+
+async def write_city(store: S3Store, generation: int, city_id: int, day: date = DAY) -> str:
+    key = LAYOUT.city_object(day, generation, job_id(generation), RUN, city_id)
+    await store.put(key, b'{"city_id":1}\n', content_type="application/x-ndjson")
+    record = LAYOUT.city_record(day, generation, job_id(generation), RUN, city_id)
+    await store.put(record, b"{}")
+    return key
+
+
+async def start_upload(store: S3Store, generation: int, city_id: int, day: date = DAY) -> str:
+    key = LAYOUT.city_object(day, generation, job_id(generation), RUN, city_id)
+    await store.client.create_multipart_upload(Bucket=store.bucket, Key=key)
+    return key
+
+
+async def commit(store: S3Store, generation: int, keys: list[str]) -> Manifest:
+    manifest = Manifest(
+        date=DAY,
+        job_id=job_id(generation),
+        run_id=RUN,
+        generation=generation,
+        fetched_at=utc_now(),
+        cities=[
+            CityObject(city_id=index, name="c", country="x", key=key, etag="e", records=1, bytes=14)
+            for index, key in enumerate(keys)
+        ],
+    )
+    manifests = ManifestStore(store, LAYOUT)
+    _, etag = await manifests.get(DAY)
+    await manifests.commit(manifest, etag)
+    return manifest
+
+
+async def keys(store: S3Store) -> set[str]:
+    return {item.key async for item in store.list_objects(LAYOUT.data_root)}
+
+
+async def uploads(store: S3Store) -> set[str]:
+    return {upload.key for upload in await store.pending_uploads(LAYOUT.data_root)}
+
+
+async def test_a_commit_sweeps_its_generation_and_older_but_never_a_newer_claim(
+    store: S3Store,
+) -> None:
+    legacy = f"data/date={DAY}/run={'9' * 32}/city=1.jsonl"
+    await store.put(legacy, b"old")
+    older = await write_city(store, 1, 1)
+    kept = await write_city(store, 2, 1)
+    leftover = await write_city(store, 2, 2)  # the same job's other city, not committed
+    newer = await write_city(store, 3, 1)  # a newer claim, still running
+    other_date = await write_city(store, 1, 1, OTHER_DAY)
+    older_upload = await start_upload(store, 1, 5)
+    newer_upload = await start_upload(store, 3, 5)
+    manifest = await commit(store, 2, [kept])
+
+    counts = await Sweeper(store, LAYOUT).after_commit(manifest)
+
+    record_of = {key: key.removesuffix("l") for key in (newer, other_date)}
+    assert await keys(store) == {kept, newer, other_date, *record_of.values()}
+    assert legacy not in await keys(store)
+    assert older not in await keys(store)
+    assert leftover not in await keys(store)
+    assert await uploads(store) == {newer_upload}
+    assert older_upload not in await uploads(store)
+    assert counts.uploads == 1
+
+
+async def test_the_final_sweep_keeps_active_jobs_whatever_their_age(store: S3Store) -> None:
+    kept = await write_city(store, 2, 1)
+    manifest = await commit(store, 2, [kept])
+    await write_job(store, 2, "succeeded")
+    await write_job(store, 3, "failed")
+    await write_job(store, 4, "running")
+    await write_job(store, 5, "queued")
+    failed = await write_city(store, 3, 1)
+    running = await write_city(store, 4, 1)
+    queued = await write_city(store, 5, 1)
+    no_state = await write_city(store, 6, 1)
+    failed_upload = await start_upload(store, 3, 2)
+    running_upload = await start_upload(store, 4, 2)
+    assert manifest.generation == 2
+
+    await Sweeper(store, LAYOUT).final(DAY)
+
+    remaining = await keys(store)
+    assert kept in remaining
+    assert {running, queued} <= remaining
+    assert {running.removesuffix("l"), queued.removesuffix("l")} <= remaining
+    assert failed not in remaining
+    assert no_state not in remaining
+    assert kept.removesuffix("l") not in remaining  # a committed city's record is done with
+    assert await uploads(store) == {running_upload}
+    assert failed_upload not in await uploads(store)
+
+
+async def test_the_final_sweep_of_a_date_never_committed(store: S3Store) -> None:
+    await write_job(store, 1, "failed")
+    await write_job(store, 2, "running")
+    failed = await write_city(store, 1, 1)
+    running = await write_city(store, 2, 1)
+
+    sweeper = Sweeper(store, LAYOUT)
+    assert await sweeper.dates() == [DAY]
+    await sweeper.final(DAY)
+
+    remaining = await keys(store)
+    assert failed not in remaining
+    assert running in remaining
+
+
+async def test_deleting_a_job_touches_no_other_job(store: S3Store) -> None:
+    mine = await write_city(store, 1, 1)
+    theirs = await write_city(store, 2, 1)
+    upload = await start_upload(store, 1, 3)
+
+    counts = await Sweeper(store, LAYOUT).delete_job(DAY, 1, job_id(1))
+
+    assert await keys(store) == {theirs, theirs.removesuffix("l")}
+    assert mine not in await keys(store)
+    assert upload not in await uploads(store)
+    assert (counts.objects, counts.uploads) == (2, 1)
