@@ -9,9 +9,9 @@ its timing counts, and compares with a baseline measured in the same run:
 - ``production``: dates of 300+ MB at zero latency; ingest MB/s against Moto's own
   multipart ingest of the same bytes; the consumer's peak RSS.
 - ``scaling``: the same dates with 1, 2 and 4 consumers; dates per minute, speed-up.
-- ``stats``: 1+ GB stored; cold and warm ``/country-stats`` against DuckDB and naive
-  pandas over the same objects; ``/healthz`` during the cold query; the API's peak RSS;
-  a warm 30-date query.
+- ``stats`` (:mod:`scripts.bench_stats`): the object path (``verify=true``) against
+  DuckDB+httpfs over the same S3; the sums path's cold 366-date query against bare GETs
+  of its manifests; warm queries; ``/healthz`` during them; the API's peak RSS.
 - ``api``: ``POST /process-request`` latency with 50 concurrent clients.
 
 Prints the tables and writes them to ``docs/benchmarks.md`` (a full run of every
@@ -23,12 +23,8 @@ import asyncio
 import math
 import os
 import platform
-import shutil
 import signal
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,14 +32,10 @@ from datetime import UTC, date, datetime, timedelta
 from importlib.metadata import version
 from pathlib import Path
 from types import FrameType
-from typing import Any
-
-import aiohttp
-import orjson
 
 from refsim.config import SimulatorConfig
 from refsim.oracle import expected_stats
-from scripts.bench_baselines import Sums, delete_prefix, moto_multipart
+from scripts.bench_baselines import delete_prefix, moto_multipart
 from scripts.bench_env import (
     BENCH_DIR,
     ROOT,
@@ -53,6 +45,7 @@ from scripts.bench_env import (
     check_rows,
     read_manifests,
 )
+from scripts.bench_stats import run_stats
 from scripts.demo import DemoError
 
 MB = 1_000_000
@@ -373,200 +366,13 @@ async def scenario_scaling(sizes: Sizes, report: Report) -> None:
     )
 
 
-async def poll_health(session: aiohttp.ClientSession, url: str, stop: asyncio.Event) -> list[float]:
-    """``GET /healthz`` about every 10 ms until ``stop``; each latency in seconds."""
-    found: list[float] = []
-    while not stop.is_set():
-        clock = time.perf_counter()
-        async with session.get(url) as response:
-            await response.read()
-        found.append(time.perf_counter() - clock)
-        await asyncio.sleep(0.01)
-    return found
-
-
-async def download(
-    stack: Stack, days: Sequence[date], root: Path
-) -> tuple[float, int, dict[str, dict[int, str]]]:
-    """Copy every committed object to ``root``; seconds, bytes and each date's city countries."""
-    countries: dict[str, dict[int, str]] = {}
-    total = 0
-    limit = asyncio.Semaphore(8)
-    async with stack.s3_client() as client:
-        manifests = await read_manifests(client, stack.namespace, days)
-        clock = time.perf_counter()
-
-        async def fetch(day: str, city: dict[str, Any]) -> int:
-            async with limit:
-                response = await client.get_object(Bucket=stack.namespace, Key=city["key"])
-                async with response["Body"] as stream:
-                    body: bytes = await stream.read()
-            folder = root / f"date={day}"
-            await asyncio.to_thread((folder / f"city={city['city_id']}.jsonl").write_bytes, body)
-            return len(body)
-
-        tasks = []
-        async with asyncio.TaskGroup() as group:
-            for manifest in manifests:
-                day = str(manifest["date"])
-                (root / f"date={day}").mkdir()
-                countries[day] = {int(c["city_id"]): str(c["country"]) for c in manifest["cities"]}
-                tasks += [group.create_task(fetch(day, city)) for city in manifest["cities"]]
-        total = sum(task.result() for task in tasks)
-        seconds = time.perf_counter() - clock
-    return seconds, total, countries
-
-
-def rows_from_sums(sums: Sums, countries: dict[str, dict[int, str]]) -> list[dict[str, Any]]:
-    """Per (date, country) rows, as the API and the oracle shape them."""
-    totals: dict[tuple[str, str], list[Any]] = {}
-    for day, city_id, departures, passengers, accident, delay in sums:
-        total = totals.setdefault((day, countries[day][city_id]), [0, 0, False, 0.0])
-        total[0] += departures
-        total[1] += passengers
-        total[2] = total[2] or accident
-        total[3] += delay
-    return [
-        {
-            "date": day,
-            "country": country,
-            "buses_started": departures,
-            "passengers": passengers,
-            "accident": accident,
-            "average_delay_seconds": delay / departures,
-        }
-        for (day, country), (departures, passengers, accident, delay) in sorted(totals.items())
-        if departures
-    ]
-
-
-def run_baseline(engine: str, root: Path, runs: int) -> dict[str, Any]:
-    """Run DuckDB or pandas in a child process over ``root``; its JSON answer."""
-    done = subprocess.run(
-        [sys.executable, "-m", "scripts.bench_baselines", engine, str(root), str(runs)],
-        cwd=ROOT,
-        capture_output=True,
-        check=False,
-        timeout=1800,
-    )
-    if done.returncode != 0:
-        raise BenchError(f"{engine} baseline failed: {done.stderr.decode()[-2000:]}")
-    answer: dict[str, Any] = orjson.loads(done.stdout.splitlines()[-1])
-    return answer
-
-
 async def scenario_stats(sizes: Sizes, report: Report) -> None:
-    config = big(seed=14, sizes=sizes)
-    days = days_from("2024-04-01", sizes.stats_dates)
-    expected = expected_stats(config, days)
-    scratch = Path(tempfile.mkdtemp(prefix="bench-stats-", dir=BENCH_DIR))
-    try:
-        async with Stack("stats", config) as stack:
-            await stack.start_consumers(1)
-            await stack.run_jobs(days, limit_seconds=1800)
-            stack.stop_consumers()
-            get_seconds, stored, countries = await download(stack, days, scratch)
-
-            stop = asyncio.Event()
-            poller = asyncio.create_task(poll_health(stack.session, stack.api + "/healthz", stop))
-            before = stack.cpu_by_child()
-            try:
-                cold, body = await stack.country_stats(days[0], days[-1])
-            finally:
-                stop.set()
-                health = await poller
-            after = stack.cpu_by_child()
-            check_rows("stats: cold /country-stats", body["stats"], expected)
-            warm, body = await stack.country_stats(days[0], days[-1])
-            check_rows("stats: warm /country-stats", body["stats"], expected)
-            api_peak = stack.api_peak_rss()
-
-        duck = run_baseline("duckdb", scratch, runs=2)
-        check_rows("stats: DuckDB", rows_from_sums(duck["sums"], countries), expected)
-        pandas = run_baseline("pandas", scratch, runs=1)
-        check_rows("stats: pandas", rows_from_sums(pandas["sums"], countries), expected)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-    warm_dates, warm_first, warm_times = await warm_query(sizes)
-
-    duck_best = min(duck["seconds"])
-    section = report.add(
-        Section(
-            f"stats: {len(days)} dates, {mb(stored)} MB stored (30 objects a date)",
-            ["reader", "seconds", "MB/s", "vs DuckDB", "peak RSS MiB"],
-        )
-    )
-    section.rows += [
-        ["API cold (no sidecars)", f2(cold), f"{stored / cold / MB:.0f}",
-         f"{duck_best / cold:.0%}", mib(api_peak)],
-        ["API warm (sidecars)", f"{warm:.3f}", f"{stored / warm / MB:.0f}",
-         f"{duck_best / warm:.0%}", mib(api_peak)],
-        ["DuckDB read_json, local files (best of 2)", f2(duck_best),
-         f"{stored / duck_best / MB:.0f}", "100%", mib(duck["peak_rss"])],
-        ["pandas read_json(lines=True), local files", f2(pandas["seconds"][0]),
-         f"{stored / pandas['seconds'][0] / MB:.0f}", f"{duck_best / pandas['seconds'][0]:.0%}",
-         mib(pandas["peak_rss"])],
-        ["(Moto GET of the same objects, 8 at a time)", f2(get_seconds),
-         f"{stored / get_seconds / MB:.0f}", "", ""],
-    ]  # fmt: skip
-    health_p99 = percentile(health, 0.99)
-    section.notes += [
-        "Every reader's figures equal the oracle's. The API reads from Moto over HTTP; "
-        "DuckDB and pandas read the same objects from local files (downloaded once, in the "
-        f"page cache). DuckDB runs: {', '.join(f2(s) for s in duck['seconds'])} s.",
-        "pandas: `pd.read_json(BytesIO(..), lines=True)` (default engine) per date, then one "
-        "concatenated frame and one group-by.",
-        "CPU seconds per process during the cold query: "
-        + ", ".join(f"{name} {after[name] - before[name]:.1f}" for name in sorted(after))
-        + f" (over {f2(cold)} s of wall time on {os.cpu_count()} CPUs).",
-        f"/healthz during the cold query: {len(health)} requests, p50 "
-        f"{ms(percentile(health, 0.5))} ms, p99 {ms(health_p99)} ms, max {ms(max(health))} ms.",
-        f"Warm {warm_dates}-date query (published-size dates): first warm "
-        f"{ms(warm_first)} ms; then median {ms(statistics.median(warm_times))} ms, "
-        f"max {ms(max(warm_times))} ms over {len(warm_times)} more.",
-    ]
-    report.target(
-        "stats: API cold throughput / DuckDB",
-        f"{duck_best / cold:.0%}",
-        ">= 70%",
-        met=duck_best / cold >= 0.70,  # noqa: PLR2004 - the target
-    )
-    report.target(
-        "stats: API peak RSS", f"{mib(api_peak)} MiB", "<= 1 GB", met=api_peak <= 1024 * MIB
-    )
-    report.target(
-        f"stats: warm {warm_dates}-date query",
-        f"{ms(warm_first)} ms",
-        "<= 100 ms",
-        met=warm_first <= 0.100,  # noqa: PLR2004 - the target
-    )
-    report.target(
-        "stats: /healthz p99 during the cold query",
-        f"{ms(health_p99)} ms",
-        "<= 50 ms",
-        met=health_p99 <= 0.050,  # noqa: PLR2004 - the target
-    )
-
-
-async def warm_query(sizes: Sizes) -> tuple[int, float, list[float]]:
-    """Ingest small dates, query once cold; the second query's seconds, then more."""
-    config = small(seed=15)
-    days = days_from("2024-05-01", sizes.warm_dates)
-    expected = expected_stats(config, days)
-    async with Stack("stats-warm", config) as stack:
-        await stack.start_consumers(2)
-        await stack.run_jobs(days, limit_seconds=900)
-        stack.stop_consumers()
-        _, body = await stack.country_stats(days[0], days[-1])
-        check_rows("stats: warm-range cold query", body["stats"], expected)
-        first, body = await stack.country_stats(days[0], days[-1])
-        check_rows("stats: warm-range warm query", body["stats"], expected)
-        more = []
-        for _ in range(9):
-            seconds, _ = await stack.country_stats(days[0], days[-1])
-            more.append(seconds)
-    return len(days), first, more
+    """The sums path and the object path, in :mod:`scripts.bench_stats`."""
+    measured = await run_stats(quick=sizes is QUICK)
+    for part in measured.sections:
+        report.add(Section(part.title, part.headers, part.rows, part.notes))
+    for target in measured.targets:
+        report.target(target.name, target.measured, target.goal, met=target.met)
 
 
 async def scenario_api(sizes: Sizes, report: Report) -> None:
@@ -693,9 +499,9 @@ RATIO_NOTES = (
     "section) bound the ingest wall time from below by their sum / 2 per date, whatever the "
     "consumer does; with the simulator's and Moto's share alone the bound is already below "
     "60% of the baseline. The consumer's own cost is the figure to watch (CPU seconds per MB).",
-    "- stats cold / DuckDB: DuckDB reads local files; the API downloads the same objects from "
-    "Moto over HTTP, and that download alone (the Moto GET row of the stats table) runs below "
-    "70% of DuckDB's rate on this machine, before any parsing.",
+    "- stats: the anchor is DuckDB with its httpfs extension reading the same objects from the "
+    "same Moto, in the same rounds as the API; DuckDB on local files is a second row. The sums "
+    "path is compared with bare GETs of the manifests it reads, run in the same rounds.",
 )
 
 

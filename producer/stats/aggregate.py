@@ -1,11 +1,12 @@
 """Per-city sums into per-(date, country) rows, with pandas (blocking: run in a thread).
 
-One frame holds a row per city object of every date in the range; one group-by on
-(date, country) adds them up. Integer columns are int64 only when the sum of their
-absolute values fits in int64 (then no group's sum can overflow); otherwise they stay
-Python integers (object dtype), slower but exact. The average delay is weighted: total
-delay over total departures of the country-day. A country-day without departures has no
-average and gives no row.
+One frame holds a row per (date, country) of every date in the range, each the sum of
+that date's cities (:func:`producer.stats.figures.by_country`, made once per date
+version); one group-by on (date, country) adds them up and orders them. Integer columns
+are int64 only when the sum of their absolute values fits in int64 (then no group's sum
+can overflow); otherwise they stay Python integers (object dtype), slower but exact. The
+average delay is weighted: total delay over total departures of the country-day. A
+country-day without departures has no average and gives no row.
 """
 
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from producer.stats.blocks import INT64_MAX
-from producer.stats.figures import CountryDay, DateFigures
+from producer.stats.figures import CountryDay, DateFigures, by_country
 
 _DAY = "day"
 _COUNTRY = "country"
@@ -32,12 +33,11 @@ def country_days(dates: Sequence[DateFigures], country: str | None = None) -> li
     delays: list[float] = []
     for figures in dates:
         ordinal = figures.date.toordinal()
-        for city in figures.cities:
-            if country is not None and city.country != country:
+        for name, totals in figures.countries or by_country(figures.cities):
+            if country is not None and name != country:
                 continue
-            totals = city.totals
             days.append(ordinal)
-            countries.append(city.country)
+            countries.append(name)
             departures.append(totals.departures)
             passengers.append(totals.passengers)
             accidents.append(totals.accident)

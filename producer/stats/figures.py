@@ -4,6 +4,7 @@ Integers are Python ``int``: exact at any size (a legacy object may hold a passe
 value above int64, and a year of sums may exceed it). Only the delay is a float.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 
@@ -70,10 +71,25 @@ class DateFigures:
     mismatches: tuple[Mismatch, ...] = ()
     has_sums: bool = True
     """Whether every city of the manifest carries stored sums."""
+    countries: tuple[tuple[str, Totals], ...] = ()
+    """The cities' sums per country, sorted by country (:func:`by_country`)."""
 
     def size_estimate(self) -> int:
         """Roughly the bytes this holds in memory (the cache is bounded by it)."""
-        return 400 + 200 * len(self.cities)
+        return 400 + 200 * len(self.cities) + 200 * len(self.countries)
+
+
+def by_country(cities: Iterable[CityFigures]) -> tuple[tuple[str, Totals], ...]:
+    """Per-country sums of one date's cities, sorted by country (exact integers).
+
+    Made once per date version, when it is read: a query over a year then groups a few
+    rows a date instead of every city again.
+    """
+    totals: dict[str, Totals] = {}
+    for city in cities:
+        found = totals.get(city.country)
+        totals[city.country] = city.totals if found is None else found + city.totals
+    return tuple(sorted(totals.items()))
 
 
 @dataclass(frozen=True, slots=True)

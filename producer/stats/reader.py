@@ -40,6 +40,7 @@ from producer.stats.figures import (
     Mismatch,
     Totals,
     Unreadable,
+    by_country,
 )
 from producer.stats.objects import BlockBudget, ObjectRead, ObjectSource, object_totals
 from producer.stats.shared import Served, SharedCache, SingleFlight
@@ -361,6 +362,7 @@ class StatsReader:
             date=day,
             manifest_etag=_plain(stored.etag),
             cities=tuple(cities),
+            countries=by_country(cities),
             sums_cities=sums_cities,
             objects_read=len(reads),
             bytes_read=sum(read.bytes_read for read in reads.values()),

@@ -33,7 +33,7 @@ from common.records import (
 from common.storage import StoredObject
 from producer.stats.aggregate import country_days
 from producer.stats.blocks import BadObjectError, exact_totals, lines_totals, parse_block, stitch
-from producer.stats.figures import CityFigures, CountryDay, DateFigures, Totals
+from producer.stats.figures import CityFigures, CountryDay, DateFigures, Totals, by_country
 from producer.stats.objects import ByteStream
 from producer.stats.reader import DateChangingError, StatsReader, StatsShared
 from producer.stats.render import csv_bytes, json_bytes
@@ -540,7 +540,8 @@ async def test_the_cache_is_bounded_in_bytes() -> None:
     days = [DAY + timedelta(days=offset) for offset in range(10)]
     for day in days:
         await commit_day(store, day, [rec(0, 1, 1, 1)], sums=False)
-    one_date = DateFigures(DAY, "e", (CityFigures(1, "x", Totals()),), 0).size_estimate()
+    city = CityFigures(1, "x", Totals())
+    one_date = DateFigures(DAY, "e", (city,), 0, countries=by_country([city])).size_estimate()
     shared = StatsShared.create(objects_at_once=2, cache_bytes=3 * one_date)
     reader = StatsReader(store, store, LAYOUT, shared)
     await reader.country_stats(days[0], days[-1])
