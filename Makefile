@@ -32,9 +32,17 @@ test: install
 lint-deploy: install
 	$(lint_deploy_commands)
 
-## demo: the whole system on this machine (needs RabbitMQ); e.g. make demo ARGS=--once
+## demo: the whole system on this machine, the page's address first; e.g. make demo ARGS=--once
+## (uses the RabbitMQ on 127.0.0.1:5672, or starts a private node when none answers).
+## Installs uv with pip when missing, like `install`, quietly; runs it as `python -m uv`
+## when pip put it off the PATH (a --user install).
+DEMO_UV = $(if $(shell command -v uv 2>/dev/null),uv,$(PYTHON) -m uv)
 demo:
-	uv run python -m scripts.demo $(ARGS)
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 \
+		|| $(PYTHON) -m pip install --quiet uv \
+		|| $(PYTHON) -m pip install --quiet --user --break-system-packages uv
+	@$(DEMO_UV) sync --all-groups --quiet
+	@$(DEMO_UV) run --quiet python -m scripts.demo $(ARGS)
 
 ## bench: the benchmark; e.g. make bench ARGS=--help
 bench:
