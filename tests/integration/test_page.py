@@ -27,6 +27,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 from playwright.async_api import Error as PlaywrightError
+from pydantic import SecretStr
 
 from common.settings import Settings
 from refsim import SimulatorConfig, expected_stats
@@ -64,9 +65,14 @@ class Watch:
 
     origin: str
     errors: list[str] = field(default_factory=list)
+    expected_statuses: set[int] = field(default_factory=set)
+    """HTTP statuses the test provokes on purpose (Chromium logs each as a console error)."""
 
     def console(self, message: ConsoleMessage) -> None:
-        if message.type == "error":
+        if message.type != "error":
+            return
+        provoked = any(f"status of {status} " in message.text for status in self.expected_statuses)
+        if not provoked:
             self.errors.append(f"console: {message.text} at {message.location}")
 
     def page_error(self, error: PlaywrightError) -> None:
@@ -286,3 +292,28 @@ async def test_the_page_requests_dates_and_shows_their_statistics(
 
             await check_docs(page, api)
             assert watch.errors == []
+
+
+async def test_the_form_asks_for_the_token_when_the_api_has_one(
+    settings: Settings, amqp: AbstractRobustConnection, browser: Browser
+) -> None:
+    settings = settings.model_copy(update={"api_token": SecretStr("s3cret token")})
+    api = await start_api(settings)
+    async with running(api.service):
+        watch = Watch(origin=api.url)
+        page = await open_page(browser, api, watch, DESKTOP)
+        watch.expected_statuses.add(401)  # the first request, without the token
+        await page.fill("#request-from", DAYS[0].isoformat())
+        await page.click("#request-form button[type=submit]")
+        await page.wait_for_selector("#request-error:not([hidden])")
+        assert "needs a token" in await page.inner_text("#request-error")
+        assert await page.get_attribute("#token-box", "open") is not None
+        await page.fill("#token", "s3cret token")
+        await page.click("#request-form button[type=submit]")
+        await page.wait_for_selector("#progress-table tbody tr[data-job-id]")
+        assert await page.is_hidden("#request-error")
+        kept = await page.evaluate("sessionStorage.getItem('bus-stats.token')")
+        assert kept == "s3cret token"
+        # The field never shows it in clear.
+        assert await page.get_attribute("#token", "type") == "password"
+        assert watch.errors == []
