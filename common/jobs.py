@@ -73,6 +73,7 @@ class JobStore:
             job = job.model_copy(update={"generation": (pointer.generation if pointer else 0) + 1})
             await self.save(job)
             if await self.point_to(job, etag):
+                await self.index(job)
                 return job
         raise WriteConflictError(self._layout.latest_job(job.date))
 
