@@ -26,6 +26,7 @@ from common.settings import Settings
 from common.storage import S3Store, WriteConflictError, open_store
 from producer.stats.blocks import BadObjectError
 from producer.stats.objects import BlockBudget, ObjectSource, S3ObjectSource, object_totals
+from producer.stats.shared import Workers
 
 log = get_logger(__name__)
 
@@ -77,7 +78,7 @@ class Backfill:
         self._manifests = ManifestStore(store, layout)
         self._objects = objects
         self._open = asyncio.Semaphore(objects_at_once)
-        self._budget = BlockBudget(block_bytes, 2 * objects_at_once)
+        self._budget = BlockBudget(block_bytes, 2 * objects_at_once, Workers())
 
     async def backfill(self, day: date) -> DateOutcome:
         outcome = await self._date(day)

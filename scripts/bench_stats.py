@@ -60,7 +60,7 @@ from scripts.demo import LOOPBACK, free_port, http_ok, wait_until
 MB: Final = 1_000_000
 MIB: Final = 1024 * 1024
 GET_CONCURRENCY: Final = 8
-MANIFEST_CONCURRENCY: Final = 16  # as the API reads manifests
+MANIFEST_CONCURRENCY: Final = 8  # as the API reads manifests
 
 
 @dataclass(frozen=True)

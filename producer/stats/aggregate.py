@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from producer.stats.blocks import INT64_MAX
-from producer.stats.figures import CountryDay, DateFigures, by_country
+from producer.stats.figures import CountryDay, DateFigures
 
 _DAY = "day"
 _COUNTRY = "country"
@@ -33,7 +33,7 @@ def country_days(dates: Sequence[DateFigures], country: str | None = None) -> li
     delays: list[float] = []
     for figures in dates:
         ordinal = figures.date.toordinal()
-        for name, totals in figures.countries or by_country(figures.cities):
+        for name, totals in figures.countries:
             if country is not None and name != country:
                 continue
             days.append(ordinal)

@@ -1,10 +1,12 @@
 """Sums of stored JSON lines, one block of an object at a time (blocking: run in a thread).
 
 An object is read in blocks of a fixed size, cut anywhere, so that memory never depends
-on the object's size. :func:`parse_block` sums the block's complete lines with pyarrow's
-JSON reader (an explicit schema of the three needed fields, every other field skipped)
-and pandas, and hands back the cut lines at both ends; :func:`stitch` joins the cut
-lines of consecutive blocks and adds everything up.
+on the object's size. :func:`parse_block` sums the block's complete lines and hands back
+the cut lines at both ends; :func:`stitch` joins the cut lines of consecutive blocks and
+adds everything up. Lines as the consumer writes them are split by pyarrow's CSV
+tokenizer (about twice as fast as its JSON parser, every value checked against its key);
+any other form of JSON lines goes through pyarrow's JSON reader with an explicit schema
+of the three needed fields. pandas sums the columns.
 
 Sums are exact: integer columns are summed by numpy only when the sum provably fits in
 int64, by Python otherwise. A block pyarrow cannot read as int64 (a passengers value
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import pyarrow as pa
+import pyarrow.compute as pc
+from pyarrow import csv as pa_csv
 from pyarrow import json as pa_json
 
 from common.records import ACCIDENT, DELAY_SECONDS, PASSENGERS
@@ -82,18 +86,14 @@ def lines_totals(lines: bytes | memoryview) -> Totals:
         return ZERO
     if len(lines) < _SMALL:
         return exact_totals(lines)  # a cut line: not worth pyarrow's set-up
-    try:
-        table = pa_json.read_json(
-            pa.BufferReader(pa.py_buffer(lines)),
-            read_options=pa_json.ReadOptions(use_threads=False, block_size=_block_size(lines)),
-            parse_options=_PARSE_OPTIONS,
-        )
-    except pa.ArrowInvalid:
-        return exact_totals(lines)
+    buffer = pa.py_buffer(lines)
+    table = _stored_layout(buffer)
+    if table is None:
+        table = _any_layout(buffer)
+    if table is None:
+        return exact_totals(lines)  # let the exact path sum it, or name the bad line
     if table.num_rows == 0:
         return ZERO
-    if any(column.null_count for column in table.columns):
-        return exact_totals(lines)  # a field missing: let the exact path name the line
     frame = table.to_pandas()
     passengers = frame[PASSENGERS]
     count = len(frame)
@@ -110,12 +110,84 @@ def lines_totals(lines: bytes | memoryview) -> Totals:
     )
 
 
+# The fast path: lines exactly as the consumer writes them (orjson, fields in this order,
+# no spaces) are six comma-separated fields, which pyarrow's CSV tokenizer splits several
+# times faster than its JSON parser parses them. Every value is checked to start with its
+# own key, so a line of any other form (another order, a comma inside a string, which
+# adds a column, a quote, which JSON escapes) is never misread: the block goes to the
+# JSON parser instead.
+_FIELDS: Final = ("city_id", "departure_time", "bus_type", PASSENGERS, DELAY_SECONDS, ACCIDENT)
+_PASSENGERS_KEY: Final = f'"{PASSENGERS}":'
+_DELAY_KEY: Final = f'"{DELAY_SECONDS}":'
+_ACCIDENT_TRUE: Final = f'"{ACCIDENT}":true}}'
+_ACCIDENT_FALSE: Final = f'"{ACCIDENT}":false}}'
+_CSV_PARSE: Final = pa_csv.ParseOptions(
+    delimiter=",", quote_char=False, escape_char=False, double_quote=False
+)
+_CSV_CONVERT: Final = pa_csv.ConvertOptions(
+    column_types=dict.fromkeys(_FIELDS, pa.string()),
+    include_columns=[PASSENGERS, DELAY_SECONDS, ACCIDENT],
+    strings_can_be_null=False,
+    quoted_strings_can_be_null=False,
+)
+
+
+def _stored_layout(buffer: pa.Buffer) -> pa.Table | None:
+    try:
+        table = pa_csv.read_csv(
+            pa.BufferReader(buffer),
+            read_options=pa_csv.ReadOptions(
+                column_names=list(_FIELDS), use_threads=False, block_size=_block_size(buffer)
+            ),
+            parse_options=_CSV_PARSE,
+            convert_options=_CSV_CONVERT,
+        )
+        count = table.column(PASSENGERS)
+        late = table.column(DELAY_SECONDS)
+        crash = table.column(ACCIDENT)
+        crashed = pc.equal(crash, _ACCIDENT_TRUE)
+        if not (
+            pc.all(pc.starts_with(count, _PASSENGERS_KEY)).as_py() is not False
+            and pc.all(pc.starts_with(late, _DELAY_KEY)).as_py() is not False
+            and pc.all(pc.or_(crashed, pc.equal(crash, _ACCIDENT_FALSE))).as_py() is not False
+        ):
+            return None
+        return pa.table(
+            {
+                PASSENGERS: pc.cast(
+                    pc.utf8_slice_codeunits(count, len(_PASSENGERS_KEY)), pa.int64()
+                ),
+                DELAY_SECONDS: pc.cast(
+                    pc.utf8_slice_codeunits(late, len(_DELAY_KEY)), pa.float64()
+                ),
+                ACCIDENT: crashed,
+            }
+        )
+    except pa.ArrowInvalid:  # another form of line, or a value int64 or float64 cannot hold
+        return None
+
+
+def _any_layout(buffer: pa.Buffer) -> pa.Table | None:
+    """Any JSON lines with the three fields (other fields skipped); None if not."""
+    try:
+        table = pa_json.read_json(
+            pa.BufferReader(buffer),
+            read_options=pa_json.ReadOptions(use_threads=False, block_size=_block_size(buffer)),
+            parse_options=_PARSE_OPTIONS,
+        )
+    except pa.ArrowInvalid:
+        return None
+    if any(column.null_count for column in table.columns):
+        return None  # a field missing
+    return table
+
+
 _SMALL: Final = 4096
 
 
-def _block_size(lines: bytes | memoryview) -> int:
+def _block_size(buffer: pa.Buffer) -> int:
     # One parse block for the whole region: parallelism comes from blocks in flight.
-    return max(1 << 20, len(lines) + 1)
+    return max(1 << 20, int(buffer.size) + 1)
 
 
 def exact_totals(lines: bytes | memoryview) -> Totals:

@@ -21,6 +21,7 @@ from botocore.exceptions import ClientError
 
 from producer.stats.blocks import Block, parse_block, stitch
 from producer.stats.figures import Totals
+from producer.stats.shared import Workers
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -80,13 +81,15 @@ class ObjectRead:
 
 
 class BlockBudget:
-    """The raw bytes one process holds for the object path: ``slots`` blocks of a size."""
+    """The raw bytes one process holds for the object path: ``slots`` blocks of a size,
+    parsed by ``workers``."""
 
-    def __init__(self, block_bytes: int, slots: int) -> None:
+    def __init__(self, block_bytes: int, slots: int, workers: Workers) -> None:
         if block_bytes < 1 or slots < 1:
             raise ValueError("block_bytes and slots must be at least 1")
         self.block_bytes = block_bytes
         self.slots = asyncio.Semaphore(slots)
+        self.workers = workers
 
 
 async def read_block(stream: ByteStream, size: int) -> bytes:
@@ -125,17 +128,17 @@ async def object_totals(
                         break
                     size += len(data)
                     held = False  # the parse gives the slot back
-                    blocks.append(group.create_task(_parse(data, slots)))
+                    blocks.append(group.create_task(_parse(data, budget)))
                     del data
-        totals = await asyncio.to_thread(stitch, [task.result() for task in blocks])
+        totals = await budget.workers.run(stitch, [task.result() for task in blocks])
         return ObjectRead(totals, size)
     finally:
         if held:
             slots.release()
 
 
-async def _parse(data: bytes, slots: asyncio.Semaphore) -> Block:
+async def _parse(data: bytes, budget: BlockBudget) -> Block:
     try:
-        return await asyncio.to_thread(parse_block, data)
+        return await budget.workers.run(parse_block, data)
     finally:
-        slots.release()
+        budget.slots.release()

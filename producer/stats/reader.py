@@ -43,7 +43,7 @@ from producer.stats.figures import (
     by_country,
 )
 from producer.stats.objects import BlockBudget, ObjectRead, ObjectSource, object_totals
-from producer.stats.shared import Served, SharedCache, SingleFlight
+from producer.stats.shared import Served, SharedCache, SingleFlight, Workers
 from producer.stats.verify import compare
 
 log = get_logger(__name__)
@@ -52,7 +52,7 @@ T = TypeVar("T")
 MIB: Final = 1024 * 1024
 CACHE_BYTES: Final = 128 * MIB
 BLOCK_BYTES: Final = 8 * MIB
-MANIFEST_CONCURRENCY: Final = 16  # small reads in flight per query
+MANIFEST_CONCURRENCY: Final = 8  # small reads in flight per query: more only queue on the loop
 
 
 class DateChangingError(Exception):
@@ -73,6 +73,7 @@ class StatsShared:
     objects: SingleFlight[tuple[str, str], ObjectRead | None]
     open_objects: asyncio.Semaphore
     budget: BlockBudget
+    workers: Workers
 
     @classmethod
     def create(
@@ -84,13 +85,15 @@ class StatsShared:
         block_slots: int | None = None,
     ) -> "StatsShared":
         """``objects_at_once`` objects open; ``block_slots`` (default twice that) blocks."""
+        workers = Workers()
         return cls(
             dates=SharedCache(cache_bytes, DateFigures.size_estimate),
             verifying=SingleFlight(),
             manifests=SingleFlight(),
             objects=SingleFlight(),
             open_objects=asyncio.Semaphore(objects_at_once),
-            budget=BlockBudget(block_bytes, block_slots or 2 * objects_at_once),
+            budget=BlockBudget(block_bytes, block_slots or 2 * objects_at_once, workers),
+            workers=workers,
         )
 
 
@@ -161,7 +164,7 @@ class _Counter:
         else:
             self.objects_read += figures.objects_read
             self.bytes_read += figures.bytes_read
-            if len(figures.cities) > figures.sums_cities:
+            if figures.cities > figures.sums_cities:
                 self.dates_from_objects += 1
             else:
                 self.dates_from_sums += 1
@@ -258,7 +261,7 @@ class StatsReader:
         if outcome.changing:
             raise DateChangingError(sorted(outcome.changing))
         ordered = [outcome.figures[day] for day in sorted(outcome.figures)]
-        rows = await asyncio.to_thread(country_days, ordered, country)
+        rows = await self._shared.workers.run(country_days, ordered, country)
         counts = counter.frozen()
         verification = _verification(ordered) if verify else None
         log.info(
@@ -342,7 +345,7 @@ class StatsReader:
         manifest = Manifest.model_validate_json(stored.body)
         wanted = [city for city in manifest.cities if verify or city.sums is None]
         reads = await self._read_objects(wanted)
-        cities: list[CityFigures] = []
+        cities: list[CityFigures] = []  # kept only until grouped per country
         mismatches: list[Mismatch] = []
         sums_cities = 0
         for city in manifest.cities:
@@ -361,7 +364,7 @@ class StatsReader:
         return DateFigures(
             date=day,
             manifest_etag=_plain(stored.etag),
-            cities=tuple(cities),
+            cities=len(cities),
             countries=by_country(cities),
             sums_cities=sums_cities,
             objects_read=len(reads),

@@ -12,13 +12,20 @@ would make every query wait for every other), hence the few lines below.
 """
 
 import asyncio
+import contextlib
+import functools
+import os
+import threading
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, Literal, TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import Generic, Literal, ParamSpec, TypeVar
 
 from cachetools import LRUCache
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+R = TypeVar("R")
+P = ParamSpec("P")
 Served = Literal["cached", "loaded", "shared"]
 
 
@@ -82,3 +89,34 @@ class SharedCache(Generic[K, V]):
 
         value, started = await self._flights.run(key, load_and_keep)
         return value, "loaded" if started else "shared"
+
+
+class Workers:
+    """Threads for the CPU-heavy stats work (parsing, grouping, writing answers).
+
+    As many as the machine has cores (more only queue for the same cores and the GIL),
+    each at a lower OS scheduling priority (``nice`` 4: about 2.5 times less CPU share
+    than the event loop's thread when both want a core), so ``/healthz`` and every other
+    request keep answering while a large query computes; when the loop is idle, the
+    workers take every core. (``nice`` 10 starved small queries on a loaded machine.)
+    """
+
+    def __init__(self, count: int | None = None, nice: int = 4) -> None:
+        self._nice = nice
+        self._pool = ThreadPoolExecutor(
+            max_workers=count or os.cpu_count() or 2,
+            thread_name_prefix="stats",
+            initializer=self._lower_priority,
+        )
+
+    def _lower_priority(self) -> None:
+        # Linux applies a thread's own id to that thread alone; elsewhere it may fail.
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
+
+    async def run(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(work, *args, **kwargs))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,7 +33,14 @@ from common.records import (
 )
 from common.storage import StoredObject
 from producer.stats.aggregate import country_days
-from producer.stats.blocks import BadObjectError, exact_totals, lines_totals, parse_block, stitch
+from producer.stats.blocks import (
+    BadObjectError,
+    _stored_layout,
+    exact_totals,
+    lines_totals,
+    parse_block,
+    stitch,
+)
 from producer.stats.figures import CityFigures, CountryDay, DateFigures, Totals, by_country
 from producer.stats.objects import ByteStream
 from producer.stats.reader import DateChangingError, StatsReader, StatsShared
@@ -111,6 +119,31 @@ def test_a_large_region_goes_through_pyarrow_and_pandas_with_the_same_sums() -> 
     assert lines_totals(body).departures == 5000
 
 
+@pytest.mark.parametrize(
+    "odd",
+    [
+        pytest.param(record(1, 5, 2.0) | {BUS_TYPE: "A,B"}, id="comma-in-a-string"),
+        pytest.param(record(1, 5, 2.0) | {BUS_TYPE: 'x","passengers":999,"y":"'}, id="fake-key"),
+        pytest.param(dict(reversed(record(1, 5, 2.0).items())), id="other-order"),
+        pytest.param(record(1, 5, 2.0) | {"extra": [1, {"a": 2}]}, id="extra-field"),
+        pytest.param({PASSENGERS: 5, DELAY_SECONDS: 2, ACCIDENT: False}, id="few-fields"),
+    ],
+)
+def test_lines_of_any_layout_give_the_same_sums_as_the_exact_path(odd: dict[str, Any]) -> None:
+    body = body_of([record(1, n % 90, float(n), n == 3) for n in range(300)] + [odd] * 7)
+    assert len(body) > 4096
+    assert lines_totals(body) == exact_totals(body)
+    assert lines_totals(body).passengers == sum(n % 90 for n in range(300)) + 35
+    assert _stored_layout(pa.py_buffer(body)) is None  # never misread by the fast path
+
+
+def test_lines_as_the_consumer_writes_them_take_the_fast_path() -> None:
+    body = body_of([record(1, n % 90, float(n), n == 3) for n in range(300)])
+    fast = _stored_layout(pa.py_buffer(body))
+    assert fast is not None
+    assert fast.num_rows == 300
+
+
 def test_values_above_int64_are_summed_exactly_not_refused() -> None:
     big = 9_223_372_036_854_775_808  # 2^63: pyarrow cannot read it as int64
     body = body_of([record(1, big, 1.0)] + [record(1, 1, 1.0)] * 100)
@@ -162,11 +195,13 @@ def test_integers_and_accident_must_match_exactly_the_delay_within_rounding() ->
 
 
 def figures(day: date, *cities: tuple[int, str, Totals]) -> DateFigures:
+    listed = [CityFigures(city_id, country, totals) for city_id, country, totals in cities]
     return DateFigures(
         date=day,
         manifest_etag="e",
-        cities=tuple(CityFigures(city_id, country, totals) for city_id, country, totals in cities),
-        sums_cities=len(cities),
+        cities=len(listed),
+        sums_cities=len(listed),
+        countries=by_country(listed),
     )
 
 
@@ -541,7 +576,7 @@ async def test_the_cache_is_bounded_in_bytes() -> None:
     for day in days:
         await commit_day(store, day, [rec(0, 1, 1, 1)], sums=False)
     city = CityFigures(1, "x", Totals())
-    one_date = DateFigures(DAY, "e", (city,), 0, countries=by_country([city])).size_estimate()
+    one_date = DateFigures(DAY, "e", 1, 0, countries=by_country([city])).size_estimate()
     shared = StatsShared.create(objects_at_once=2, cache_bytes=3 * one_date)
     reader = StatsReader(store, store, LAYOUT, shared)
     await reader.country_stats(days[0], days[-1])
