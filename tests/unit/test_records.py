@@ -19,10 +19,13 @@ from common.records import (
     BadDurationError,
     BadRecord,
     MalformedBodyError,
+    OversizedItem,
+    Run,
     encode_line,
     format_duration,
     normalise_record,
     parse_duration_seconds,
+    parse_items,
 )
 
 # --- durations -------------------------------------------------------------------------
@@ -377,9 +380,45 @@ def feed_all(decoder: ArrayDecoder, chunks: list[bytes]) -> list[Any]:
     return items
 
 
+def refuse(text: bytes) -> list[Any] | None:
+    """A ``fast`` function that takes nothing: the decoder scans everything."""
+    del text
+    return None
+
+
+def decode_scanning(decoder: ArrayDecoder, chunks: list[bytes | None]) -> list[Any]:
+    items: list[Any] = []
+    for chunk in chunks:
+        for piece in decoder.split(chunk, refuse):
+            if isinstance(piece, Run):
+                items += parse_items(piece.text)
+            else:
+                items.append(piece)
+    return items
+
+
 def decode(chunks: list[bytes], max_item_bytes: int = 1024 * 1024) -> list[Any]:
-    decoder = ArrayDecoder(max_item_bytes=max_item_bytes)
-    return feed_all(decoder, chunks) + decoder.finish()
+    """The items of the whole body, both by guessing cuts (``feed``) and by scanning only:
+    they must agree, in what they find and in what they refuse."""
+    outcomes: list[tuple[str, Any]] = []
+    for guessing in (True, False):
+        decoder = ArrayDecoder(max_item_bytes=max_item_bytes)
+        try:
+            if guessing:
+                items = feed_all(decoder, chunks) + decoder.finish()
+            else:
+                items = decode_scanning(decoder, [*chunks, None])
+        except MalformedBodyError as error:
+            outcomes.append(("refused", error))
+        else:
+            outcomes.append(("decoded", items))
+        assert decoder.bytes_examined <= 3 * sum(map(len, chunks)) + 64
+    assert outcomes[0][0] == outcomes[1][0], outcomes
+    if outcomes[0][0] == "refused":
+        raise outcomes[0][1]
+    assert outcomes[0][1] == outcomes[1][1]
+    decoded: list[Any] = outcomes[0][1]
+    return decoded
 
 
 def byte_by_byte(body: bytes) -> list[bytes]:
@@ -416,8 +455,7 @@ def test_decoder_every_two_way_split() -> None:
 
 
 def test_decoder_every_two_way_split_not_right_after_a_brace() -> None:
-    # The splits the chunk-boundary bug above does not touch: inside strings, nested values,
-    # between a comma and the next item. Guards the cut-finding logic meanwhile.
+    # The splits inside strings, nested values, between a comma and the next item.
     cuts = [cut for cut in range(len(TRICKY_BODY) + 1) if TRICKY_BODY[cut - 1 : cut] != b"}"]
     assert len(cuts) > len(TRICKY_BODY) * 3 // 4
     for cut in cuts:
@@ -494,7 +532,7 @@ def split_bodies(draw: st.DrawFn) -> tuple[bytes, list[int]]:
 
 
 @given(split_bodies())
-@example((b"[null,{},{}]", [8]))  # the chunk-boundary bug, every run
+@example((b"[null,{},{}]", [8]))  # a chunk ending right after an item
 def test_decoder_any_split_gives_what_orjson_gives(case: tuple[bytes, list[int]]) -> None:
     body, cuts = case
     assert decode(split_at(body, cuts)) == orjson.loads(body)
@@ -591,17 +629,88 @@ def test_decoder_refuses_what_json_refuses(body: bytes) -> None:
         decode([body])
 
 
-def test_decoder_refuses_an_item_longer_than_the_limit() -> None:
-    body = b'[{"s":"' + b"x" * 200 + b'"}]'
-    chunks = split_at(body, list(range(0, len(body), 10)))
-    with pytest.raises(MalformedBodyError, match="longer than 100 bytes"):
-        feed_all(ArrayDecoder(max_item_bytes=100), chunks)
+def test_decoder_passes_over_an_item_longer_than_the_limit() -> None:
+    body = b'[{"a":1},{"s":"' + b"x" * 200 + b'"},{"b":2}]'
+    for chunks in ([body], split_at(body, list(range(0, len(body), 10))), byte_by_byte(body)):
+        items = decode(chunks, max_item_bytes=100)
+        assert items[0] == {"a": 1}
+        assert items[2] == {"b": 2}
+        oversized = items[1]
+        assert isinstance(oversized, OversizedItem)
+        assert oversized.size == len(b'{"s":"' + b"x" * 200 + b'"}')
+        assert oversized.limit == 100
+        rejected = normalise_record(4, oversized)
+        assert isinstance(rejected, BadRecord)
+        assert rejected.reason == "item longer than 100 bytes"
+        assert rejected.raw.startswith('{"s":"xxx')
+
+
+def test_decoder_never_buffers_an_oversized_item_whole() -> None:
+    item = b'{"s":"' + b"}" * 5000 + b'"}'
+    body = b"[" + item + b"]"
+    decoder = ArrayDecoder(max_item_bytes=1000)
+    items: list[Any] = []
+    for chunk in split_at(body, list(range(0, len(body), 64))):
+        items += decoder.feed(chunk)
+        assert len(decoder._buffer) <= 1000 + 64
+    items += decoder.finish()
+    assert [(item.size, item.limit) for item in items] == [(len(item), 1000)]
+
+
+@pytest.mark.parametrize(
+    ("item", "size"),
+    [
+        pytest.param(b'  {"a": [1, 2]}  ', 13, id="object: to its bracket"),
+        pytest.param(b'  "abc"  ', 7, id="scalar: to the delimiter"),
+    ],
+)
+def test_item_size_does_not_depend_on_chunks(item: bytes, size: int) -> None:
+    body = b"[0," + item + b",0]"
+    for cut in range(len(body) + 1):
+        assert decode([body[:cut], body[cut:]], max_item_bytes=size) == orjson.loads(body), cut
+        zero, oversized, other = decode([body[:cut], body[cut:]], max_item_bytes=size - 1)
+        assert zero == other == 0
+        assert isinstance(oversized, OversizedItem), cut
+        assert (oversized.size, oversized.limit) == (size, size - 1), cut
 
 
 def test_decoder_limit_is_per_item_not_per_body() -> None:
     items = [{"i": index, "s": "}" * 20} for index in range(200)]
     body = orjson.dumps(items)
     assert len(body) > 10 * 100
-    # Every 7 bytes, except right after a "}" (the chunk-boundary bug above).
-    cuts = [cut for cut in range(0, len(body), 7) if body[cut - 1 : cut] != b"}"]
+    cuts = list(range(0, len(body), 7))
     assert decode(split_at(body, cuts), max_item_bytes=100) == items
+
+
+# --- linear work ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("filler", [b"}", b"x", b"},{", b'\\"'])
+@pytest.mark.parametrize("chunk_bytes", [1, 1000, 65536])
+def test_decoder_work_is_linear_for_one_big_item(filler: bytes, chunk_bytes: int) -> None:
+    size = 200_000 if chunk_bytes > 1 else 20_000
+    text = b'{"departure-time":"' + filler * (size // len(filler)) + b'"}'
+    body = b"[" + text + b"," + text + b"]"
+    decoder = ArrayDecoder()
+    chunks = split_at(body, list(range(0, len(body), chunk_bytes)))
+    assert len(feed_all(decoder, chunks) + decoder.finish()) == 2
+    assert decoder.bytes_examined <= 3 * len(body)
+
+
+def test_decoder_work_is_linear_for_many_small_items_byte_by_byte() -> None:
+    body = orjson.dumps(
+        [{"s": "}" * (index % 7), "n": [index, {"m": "]"}]} for index in range(300)]
+    )
+    decoder = ArrayDecoder()
+    assert len(feed_all(decoder, byte_by_byte(body)) + decoder.finish()) == 300
+    assert decoder.bytes_examined <= 3 * len(body)
+
+
+def test_decoder_work_is_linear_when_every_guess_fails() -> None:
+    # Every chunk ends inside a string holding "}": every guess is wrong.
+    item = b'{"a":"}}}}","b":"' + b"x" * 100 + b'"}'
+    body = b"[" + b",".join([item] * 500) + b"]"
+    cuts = [index * len(item) + 8 for index in range(500)]
+    decoder = ArrayDecoder()
+    assert len(feed_all(decoder, split_at(body, cuts)) + decoder.finish()) == 500
+    assert decoder.bytes_examined <= 3 * len(body)

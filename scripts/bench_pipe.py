@@ -1,0 +1,141 @@
+"""The bare pipe the consumer is measured against: bodies copied to S3 with no decoding.
+
+``python -m scripts.bench_pipe --reference URL --s3 URL --bucket B --date D --prefix P``
+fetches the city list, then streams every city's stats body (aiohttp, 256 KiB chunks, as
+the consumer reads them) straight into an aiobotocore multipart upload (5 MiB parts),
+32 cities at a time, with the consumer's part-buffer budget (6 parts of 5 MiB) and S3
+client settings. Nothing is decoded, normalised or summed: it is the floor of what an
+ingest of the same bodies through the same client libraries costs.
+
+It prints one JSON line: body bytes, objects, its own CPU seconds and wall seconds over
+the copy (process start-up and imports excluded).
+"""
+
+import argparse
+import asyncio
+import io
+import json
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from types_aiobotocore_s3 import S3Client
+from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+CHUNK_BYTES = 256 * 1024  # what the consumer's fetcher reads at a time
+MIB = 1024 * 1024
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def copy_city(
+    session: aiohttp.ClientSession,
+    client: S3Client,
+    args: argparse.Namespace,
+    slots: asyncio.Semaphore,
+    city_id: int,
+) -> int:
+    """Stream one city's body into one object; its size."""
+    key = f"{args.prefix}city={city_id}.json"
+    url = f"{args.reference}/cities/{city_id}/stats"
+    upload = await client.create_multipart_upload(Bucket=args.bucket, Key=key)
+    upload_id = upload["UploadId"]
+    parts: list[CompletedPartTypeDef] = []
+    buffer = bytearray()
+    size = 0
+    holding = False
+
+    async def send() -> None:
+        nonlocal buffer, holding
+        body, buffer = io.BytesIO(buffer), bytearray()  # as the consumer's S3 writer sends it
+        number = len(parts) + 1
+        sent = await client.upload_part(
+            Bucket=args.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+        )
+        parts.append({"ETag": sent["ETag"], "PartNumber": number})
+        if holding:
+            holding = False
+            slots.release()
+
+    async with session.get(url, params={"date": args.date}) as response:
+        response.raise_for_status()
+        async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+            if not holding:
+                await slots.acquire()
+                holding = True
+            buffer += chunk
+            size += len(chunk)
+            if len(buffer) >= args.part_size:
+                await send()
+    await send()
+    await client.complete_multipart_upload(
+        Bucket=args.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+    )
+    return size
+
+
+async def pipe(args: argparse.Namespace) -> dict[str, Any]:
+    config = AioConfig(
+        max_pool_connections=args.concurrency + 8,
+        retries={"mode": "standard", "max_attempts": 5},
+        read_timeout=60,
+    )
+    client_context = get_session().create_client(
+        "s3",
+        endpoint_url=args.s3,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",  # noqa: S106 - Moto's dummy credentials
+        config=config,
+    )
+    async with (
+        client_context as client,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency)) as session,
+    ):
+        cpu, clock = own_cpu_seconds(), time.perf_counter()
+        async with session.get(f"{args.reference}/cities") as response:
+            cities = json.loads(await response.read())
+        slots = asyncio.Semaphore(max(1, args.memory_budget // args.part_size))
+        limit = asyncio.Semaphore(args.concurrency)
+
+        async def one(city_id: int) -> int:
+            async with limit:
+                return await copy_city(session, client, args, slots, city_id)
+
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(int(city["id"]))) for city in cities]
+        return {
+            "bytes": sum(task.result() for task in tasks),
+            "objects": len(tasks),
+            "cpu_seconds": own_cpu_seconds() - cpu,
+            "wall_seconds": time.perf_counter() - clock,
+        }
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m scripts.bench_pipe", description=__doc__)
+    parser.add_argument("--reference", required=True, help="the simulator's base URL")
+    parser.add_argument("--s3", required=True, help="the S3 (Moto) endpoint URL")
+    parser.add_argument("--bucket", required=True)
+    parser.add_argument("--date", required=True, help="as the simulator takes it")
+    parser.add_argument("--prefix", default="pipe/")
+    parser.add_argument("--concurrency", type=int, default=32, help="cities in flight")
+    parser.add_argument("--part-size", type=int, default=5 * MIB)
+    parser.add_argument("--memory-budget", type=int, default=32 * MIB)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str]) -> None:
+    print(json.dumps(asyncio.run(pipe(parse_args(argv)))))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
