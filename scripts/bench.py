@@ -8,6 +8,9 @@ its timing counts, and compares with a baseline measured in the same run:
   against the slowest city latency the simulator drew for that date.
 - ``production``: dates of 300+ MB at zero latency; ingest MB/s against Moto's own
   multipart ingest of the same bytes; the consumer's peak RSS.
+- ``ingest`` (:mod:`scripts.bench_ingest`): the consumer's own CPU per body MB against a
+  bare aiohttp-to-S3 pipe, interleaved over 10 production-size dates; its peak RSS per date;
+  ``convert()`` alone; the decoder's worst case (1 MiB of ``}`` in 1 KiB chunks).
 - ``scaling``: the same dates with 1, 2 and 4 consumers; dates per minute, speed-up.
 - ``stats`` (:mod:`scripts.bench_stats`): the object path (``verify=true``) against
   DuckDB+httpfs over the same S3; the sums path's cold 366-date query against bare GETs
@@ -45,6 +48,7 @@ from scripts.bench_env import (
     check_rows,
     read_manifests,
 )
+from scripts.bench_ingest import run_ingest
 from scripts.bench_stats import run_stats
 from scripts.demo import DemoError
 
@@ -53,7 +57,7 @@ MIB = 1024 * 1024
 PUBLISHED_LATENCY = 4.2
 PART_SIZE = 8 * MIB  # the consumer's default part size and memory budget (8 parts)
 PART_SLOTS = 8
-SCENARIOS = ("published", "production", "scaling", "stats", "api")
+SCENARIOS = ("published", "production", "ingest", "scaling", "stats", "api")
 
 
 # --- sizes --------------------------------------------------------------------------------
@@ -366,6 +370,15 @@ async def scenario_scaling(sizes: Sizes, report: Report) -> None:
     )
 
 
+async def scenario_ingest(sizes: Sizes, report: Report) -> None:
+    """The consumer against a bare pipe; the decoder's worst case (:mod:`scripts.bench_ingest`)."""
+    measured = await run_ingest(quick=sizes is QUICK)
+    for part in measured.sections:
+        report.add(Section(part.title, part.headers, part.rows, part.notes))
+    for target in measured.targets:
+        report.target(target.name, target.measured, target.goal, met=target.met)
+
+
 async def scenario_stats(sizes: Sizes, report: Report) -> None:
     """The sums path and the object path, in :mod:`scripts.bench_stats`."""
     measured = await run_stats(quick=sizes is QUICK)
@@ -426,6 +439,7 @@ RUNNERS: dict[str, Callable[[Sizes, Report], Awaitable[None]]] = {
     "published": scenario_published,
     "production": scenario_production,
     "scaling": scenario_scaling,
+    "ingest": scenario_ingest,
     "stats": scenario_stats,
     "api": scenario_api,
 }
