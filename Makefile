@@ -5,7 +5,7 @@ export UV_PYTHON_DOWNLOADS := never
 PYTHON ?= python3
 ARGS ?=
 
-.PHONY: install test lint-deploy demo bench pin format
+.PHONY: install test lint-deploy compose-test demo bench pin format
 
 # The three linters for the deployment files, shared by `test` and `lint-deploy`.
 # check-jsonschema's vendor schemas ship inside the package: no network needed.
@@ -31,6 +31,11 @@ test: install
 ## lint-deploy: hadolint the Dockerfile, validate docker-compose.yml and the CI workflow
 lint-deploy: install
 	$(lint_deploy_commands)
+
+## compose-test: build the image once, run the whole compose stack (free ports, its own
+## project name) and check it end to end; needs Docker with Compose v2 or later
+compose-test: install
+	uv run python -m scripts.compose_test $(ARGS)
 
 ## demo: the whole system on this machine, the page's address first; e.g. make demo ARGS=--once
 ## (uses the RabbitMQ on 127.0.0.1:5672, or starts a private node when none answers).

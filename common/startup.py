@@ -13,9 +13,10 @@ Two kinds of start-up trouble, handled in two ways:
 """
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
@@ -50,9 +51,10 @@ def run_entry_point(main: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(main)
     except FatalStartupError as error:
-        stop_with(str(error))
+        cause = str(error)
     except KeyboardInterrupt:
         raise SystemExit(EXIT_INTERRUPTED) from None
+    stop_with(cause)  # outside the handler: nothing chained to the exit
 
 
 def where(url: str) -> str:
@@ -96,6 +98,15 @@ class ConnectState:
     attempts: int = 0
     last_error: str | None = None
     connected: bool = False
+    attempted: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the first attempt has ended, either way: from then on the state says
+    how it goes (readiness waits for it rather than guess during the first moments)."""
+
+    async def wait_attempted(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for the first attempt to end."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.attempted.wait()
 
     def event(self, verb: str) -> str:
         """The log event ``<what>.<verb>`` (``broker.connect_failed``)."""
@@ -129,6 +140,7 @@ async def retry_until_up(
             result = await attempt()
         except retry_on as error:
             state.last_error = describe(error)
+            state.attempted.set()
             delay = backoff.delay(state.attempts)
             log.warning(
                 state.event("connect_failed"),
@@ -141,5 +153,6 @@ async def retry_until_up(
         else:
             state.connected = True
             state.last_error = None
+            state.attempted.set()
             log.info(state.event("connected"), url=state.url, attempts=state.attempts)
             return result

@@ -398,10 +398,33 @@ def s3_connect_state(settings: Settings) -> ConnectState:
     return ConnectState("s3", f"{endpoint} bucket={settings.s3_bucket}")
 
 
+class S3UnreachableError(Exception):
+    """S3 did not answer an attempt to reach it in time."""
+
+
 async def ensure_bucket_until_up(
-    store: S3Store, state: ConnectState, backoff: Backoff | None = None
+    store: S3Store,
+    state: ConnectState,
+    backoff: Backoff | None = None,
+    *,
+    attempt_seconds: float = 5.0,
 ) -> None:
-    """Ensure the bucket, retrying with capped backoff (one log line per failed attempt)."""
+    """Ensure the bucket, retrying with capped backoff (one log line per failed attempt).
+
+    An attempt lasts at most ``attempt_seconds``: the SDK's own retries of an unreachable
+    endpoint would otherwise keep the first line back for up to 15 s.
+    """
+
+    async def attempt() -> None:
+        try:
+            async with asyncio.timeout(attempt_seconds):
+                await store.ensure_bucket()
+        except TimeoutError:
+            raise S3UnreachableError(f"no answer within {attempt_seconds:g} s") from None
+
     await retry_until_up(
-        state, store.ensure_bucket, retry_on=(BotoCoreError, ClientError, OSError), backoff=backoff
+        state,
+        attempt,
+        retry_on=(BotoCoreError, ClientError, OSError, S3UnreachableError),
+        backoff=backoff,
     )

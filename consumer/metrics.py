@@ -1,6 +1,23 @@
-"""The consumer's Prometheus metrics, in a registry of its own (served on its metrics port)."""
+"""The consumer's Prometheus metrics, in a registry of its own, and the small HTTP server
+that serves them beside the consumer's ``/healthz`` on its metrics port."""
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Callable
+from types import TracebackType
+from typing import Self
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from common.logs import get_logger
+
+log = get_logger(__name__)
 
 
 class ConsumerMetrics:
@@ -43,4 +60,81 @@ class ConsumerMetrics:
             "Time to process one job",
             buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
             registry=self.registry,
+        )
+
+
+class MetricsServer:
+    """``/metrics`` and ``/healthz`` of one consumer process, on its event loop.
+
+    ``/healthz`` answers 200 while ``healthy()`` says so (the consumer is connected to the
+    broker), 503 otherwise: what an orchestrator's health check asks. The port comes from
+    ``BUSSTATS_METRICS_PORT``; ``0`` takes any free port. A port already taken (a second
+    consumer on the same host) is not fatal: a warning, and the server takes a free port
+    instead. Either way the port really bound is logged (``metrics.listening``).
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        healthy: Callable[[], bool],
+        host: str,
+        port: int,
+    ) -> None:
+        self._registry = registry
+        self._healthy = healthy
+        self._host = host
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+        """The port bound, once started."""
+
+    async def __aenter__(self) -> Self:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._health)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        try:
+            self.port = await self._bind(self._port)
+        except OSError as error:
+            if self._port == 0:
+                await self._runner.cleanup()
+                raise
+            log.warning(
+                "metrics.port_taken",
+                host=self._host,
+                port=self._port,
+                error=error.strerror or str(error),
+                fallback="any free port",
+            )
+            self.port = await self._bind(0)
+        log.info("metrics.listening", host=self._host, port=self.port)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _bind(self, port: int) -> int:
+        assert self._runner is not None  # noqa: S101 - set up just before
+        site = web.TCPSite(self._runner, self._host, port, reuse_address=True)
+        await site.start()
+        bound: int = self._runner.addresses[-1][1]  # (host, port, ...) of the socket bound
+        return bound
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def _health(self, _request: web.Request) -> web.Response:
+        healthy = self._healthy()
+        return web.json_response(
+            {"status": "ok" if healthy else "not connected to the broker"},
+            status=200 if healthy else 503,
         )

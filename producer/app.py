@@ -10,7 +10,9 @@ from werkzeug.exceptions import HTTPException
 from common.layout import Layout
 from common.logs import get_logger
 from common.settings import Settings
-from common.storage import open_store
+from common.storage import connect_store
+from producer.connections import EXTENSION_KEY as CONNECTIONS_KEY
+from producer.connections import Connections, NotConnectedError
 from producer.http import ApiError, error_response
 from producer.metrics import ApiMetrics
 from producer.openapi import OpenApi, document_media_response
@@ -56,6 +58,11 @@ def add_answer_headers(response: Response, origins: frozenset[str]) -> None:
         add_cors(response, origins)
 
 
+# What answers before S3 was reached: liveness, readiness, metrics and the API's docs.
+_WITHOUT_S3 = frozenset({"prometheus_metrics", "openapi", "swagger_ui", "static"})
+_BLUEPRINTS_WITHOUT_S3 = frozenset({health.blueprint.name, page.blueprint.name})  # page: files
+
+
 def create_app(settings: Settings, metrics: ApiMetrics | None = None) -> Quart:
     metrics = metrics or ApiMetrics()
     app = Quart("bus-stats", static_folder=None)  # the page blueprint serves /static
@@ -79,10 +86,14 @@ def create_app(settings: Settings, metrics: ApiMetrics | None = None) -> Quart:
 
     @app.while_serving
     async def lifecycle() -> AsyncGenerator[None, None]:
+        # No network call here: broker and S3 are connected in the background (with
+        # retries), so the API serves /healthz and a 503 /readyz while they are down.
         async with (
-            open_store(settings) as store,
+            connect_store(settings) as store,
             JobPublisher(settings, metrics.publish_seconds) as publisher,
         ):
+            connections = Connections(settings, store, publisher)
+            app.extensions[CONNECTIONS_KEY] = connections
             app.extensions[EXTENSION_KEY] = Services(
                 settings=settings,
                 layout=Layout(settings.s3_prefix),
@@ -91,9 +102,24 @@ def create_app(settings: Settings, metrics: ApiMetrics | None = None) -> Quart:
                 metrics=metrics,
                 stats=StatsShared.create(objects_at_once=settings.stats_concurrency),
             )
-            log.info("api.started", namespace=settings.namespace, bucket=settings.s3_bucket)
-            yield
-            del app.extensions[EXTENSION_KEY]
+            connections.start()
+            try:
+                yield
+            finally:
+                await connections.stop()
+                del app.extensions[EXTENSION_KEY]
+
+    @app.before_request
+    async def wait_for_s3() -> None:
+        """Requests that read or write S3 wait (bounded) for it to be reached at start-up."""
+        if request.blueprint in _BLUEPRINTS_WITHOUT_S3 or request.endpoint in _WITHOUT_S3:
+            return
+        connections: Connections | None = app.extensions.get(CONNECTIONS_KEY)
+        if connections is not None:
+            try:
+                await connections.wait_for_s3()
+            except NotConnectedError as error:
+                raise ApiError(503, str(error)) from None
 
     @app.get("/metrics")
     @document_media_response(200, "text/plain", "Prometheus text exposition format")

@@ -2,10 +2,12 @@
 
 import argparse
 import asyncio
+import contextlib
 import signal
 from collections.abc import Sequence
 
 from common.logs import configure_logging, get_logger
+from common.startup import FatalStartupError, run_entry_point
 from refsim.config import SimulatorConfig
 from refsim.server import serve
 
@@ -94,7 +96,13 @@ async def run(config: SimulatorConfig, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with serve(config, host, port) as live:
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            live = await stack.enter_async_context(serve(config, host, port))
+        except OSError as error:
+            raise FatalStartupError(
+                f"refsim cannot listen on {host}:{port}: {error.strerror or error}"
+            ) from None
         log.info("refsim.started", url=live.url, port=live.port, seed=config.seed)
         await stop.wait()
         log.info("refsim.stopping")
@@ -108,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = config_from_args(args)
     except ValueError as error:
         raise SystemExit(f"refsim: {error}") from None
-    asyncio.run(run(config, args.host, args.port))
+    run_entry_point(run(config, args.host, args.port))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 import asyncio
 
 from pydantic import BaseModel
-from quart import Blueprint, Response
+from quart import Blueprint, Response, current_app
 from quart_schema import document_response
 
+from producer.connections import EXTENSION_KEY as CONNECTIONS_KEY
 from producer.http import json_response
 from producer.services import get_services
 
@@ -35,8 +36,10 @@ async def healthz() -> Response:
 async def readyz() -> Response:
     """Ready: the broker and S3 both answer; otherwise 503 naming the one that failed."""
     services = get_services()
+    connections = current_app.extensions.get(CONNECTIONS_KEY)
+    s3_ping = services.store.ping if connections is None else connections.ping_s3
     checks: dict[str, str] = {}
-    for name, ping in (("broker", services.publisher.ping), ("s3", services.store.ping)):
+    for name, ping in (("broker", services.publisher.ping), ("s3", s3_ping)):
         try:
             async with asyncio.timeout(_PING_TIMEOUT):
                 await ping()

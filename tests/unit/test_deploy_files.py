@@ -1,10 +1,13 @@
 """The deployment files agree with the code, checked without Docker.
 
 Every command the image can be started with (the Dockerfile's CMD, each ``command:`` of a
-service built from this repository in docker-compose.yml) names a module with a
+service running this repository's image in docker-compose.yml) names a module with a
 ``__main__`` that answers ``--help`` and knows every option the command passes; every
 BUSSTATS_* variable in compose is a setting; compose gives a consumer more time to stop
-than the consumer gives its running jobs.
+than the consumer gives its running jobs. Compose builds the image once, publishes every
+port from a variable on a configurable address (loopback by default), and every variable
+it reads is in the README; each health check asks its process something real. (That the
+stack really runs is ``make compose-test``'s job.)
 """
 
 import importlib.util
@@ -12,6 +15,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,15 @@ from common.settings import ENV_PREFIX, Settings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
+README = ROOT / "README.md"
+PYPROJECT = ROOT / "pyproject.toml"
+APP_SERVICES = {"refsim", "api", "consumer"}
+# "${BUSSTATS_BIND_ADDRESS:-127.0.0.1}:${BUSSTATS_API_PUBLISHED_PORT:-8000}:8000"
+PUBLISHED_PORT = re.compile(
+    r"^\$\{BUSSTATS_BIND_ADDRESS:-127\.0\.0\.1\}:"
+    r"\$\{(?P<variable>BUSSTATS_[A-Z0-9_]+_PUBLISHED_PORT):-(?P<default>\d+)\}:(?P<target>\d+)$"
+)
+COMPOSE_VARIABLE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)")
 AWS_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
 DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)")
 UNIT_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -34,9 +47,11 @@ def load_compose() -> dict[str, Any]:
 
 
 def project_services() -> dict[str, dict[str, Any]]:
-    """The compose services that run this repository's image (the ones with ``build``)."""
+    """The compose services that run this repository's image (the one that builds it and
+    those that run the same tag)."""
     services: dict[str, dict[str, Any]] = load_compose()["services"]
-    return {name: service for name, service in services.items() if "build" in service}
+    built = {service["image"] for service in services.values() if "build" in service}
+    return {name: service for name, service in services.items() if service.get("image") in built}
 
 
 def dockerfile_instruction(name: str) -> list[str]:
@@ -138,7 +153,83 @@ def test_consumer_stop_grace_exceeds_shutdown_grace() -> None:
     assert seconds(consumer["stop_grace_period"]) > grace
 
 
-def test_consumer_healthcheck_uses_its_metrics_port() -> None:
+def healthcheck(service: str) -> str:
+    return " ".join(load_compose()["services"][service]["healthcheck"]["test"])
+
+
+def test_project_services_run_the_one_image() -> None:
+    assert set(project_services()) == APP_SERVICES
+
+
+def test_one_service_builds_the_image_the_others_reuse() -> None:
+    services = project_services()
+    builders = [name for name, service in services.items() if "build" in service]
+    assert builders == ["api"], "exactly one service builds: `up --build` builds once"
+    for name, service in services.items():
+        if name not in builders:
+            assert service.get("pull_policy") == "never", f"{name} must not try to pull"
+
+
+def test_consumer_healthcheck_asks_for_its_broker_connection() -> None:
     consumer = project_services()["consumer"]
     port = consumer["environment"][f"{ENV_PREFIX}METRICS_PORT"]
-    assert f":{port}/" in " ".join(consumer["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{port}/healthz" in healthcheck("consumer")
+
+
+def test_api_healthcheck_asks_for_readiness() -> None:
+    port = project_services()["api"]["environment"][f"{ENV_PREFIX}API_PORT"]
+    assert f"http://127.0.0.1:{port}/readyz" in healthcheck("api")
+
+
+def test_simulator_healthcheck_makes_a_real_request() -> None:
+    command = project_services()["refsim"]["command"]
+    port = command[command.index("--port") + 1]
+    assert f"http://127.0.0.1:{port}/cities" in healthcheck("refsim")
+
+
+def test_every_published_port_is_a_variable_on_the_bind_address() -> None:
+    seen: dict[str, str] = {}
+    for name, service in load_compose()["services"].items():
+        for port in service.get("ports", []):
+            match = PUBLISHED_PORT.match(port)
+            assert match, f"service {name}: {port!r} is not ${{BIND}}:${{VAR:-n}}:n"
+            assert match["default"] == match["target"], f"service {name}: {port!r}"
+            assert match["variable"] not in seen, f"{match['variable']} used twice"
+            seen[match["variable"]] = match["default"]
+    assert seen == {
+        "BUSSTATS_AMQP_PUBLISHED_PORT": "5672",
+        "BUSSTATS_MANAGEMENT_PUBLISHED_PORT": "15672",
+        "BUSSTATS_S3_PUBLISHED_PORT": "5000",
+        "BUSSTATS_REFSIM_PUBLISHED_PORT": "8080",
+        "BUSSTATS_API_PUBLISHED_PORT": "8000",
+    }
+
+
+def test_every_compose_variable_is_documented() -> None:
+    variables = set(COMPOSE_VARIABLE.findall(COMPOSE.read_text()))
+    assert "BUSSTATS_BIND_ADDRESS" in variables
+    readme = README.read_text()
+    for variable in sorted(variables):
+        assert f"`{variable}`" in readme, f"{variable} is not in the README"
+
+
+def test_the_image_has_no_healthcheck_that_fits_one_command_only() -> None:
+    """One image runs the API, consumers and the simulator: health is per service."""
+    instructions = [line.split()[0] for line in DOCKERFILE.read_text().splitlines() if line]
+    assert "HEALTHCHECK" not in instructions
+    for name in APP_SERVICES:
+        assert load_compose()["services"][name].get("healthcheck"), f"{name}: no check"
+
+
+def test_the_runtime_user_is_not_a_system_account() -> None:
+    """uid 10001 is above SYS_UID_MAX: `useradd --system` would warn."""
+    lines = [line for line in DOCKERFILE.read_text().splitlines() if not line.startswith("#")]
+    useradd = [line for line in lines if "useradd" in line]
+    assert useradd
+    assert not any("--system" in line for line in useradd)
+    assert "USER 10001:10001" in lines
+
+
+def test_the_build_backend_is_pinned() -> None:
+    build_system = tomllib.loads(PYPROJECT.read_text())["build-system"]
+    assert all("==" in requirement for requirement in build_system["requires"])

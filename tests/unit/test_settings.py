@@ -8,6 +8,7 @@ from pydantic import SecretStr, ValidationError
 from common.settings import Settings, load_settings
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+SAME = "the value as given"
 
 
 @pytest.fixture
@@ -171,3 +172,84 @@ def test_refusal_does_not_chain_the_validation_error(clean_env: pytest.MonkeyPat
         load_settings()
     assert stopped.value.__cause__ is None
     assert stopped.value.__suppress_context__ is True
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("BUSSTATS_AMQP_URL", "notaurl"),
+        ("BUSSTATS_AMQP_URL", "http://broker:5672/"),
+        ("BUSSTATS_AMQP_URL", "amqp://"),
+        ("BUSSTATS_AMQP_URL", "amqp://:5672/"),
+        ("BUSSTATS_AMQP_URL", "amqp://broker:70000/"),
+        ("BUSSTATS_AMQP_URL", "amqp://broker:port/"),
+        ("BUSSTATS_AMQP_URL", "amqp://broker:0/"),
+        ("BUSSTATS_REFERENCE_URL", "notaurl"),
+        ("BUSSTATS_REFERENCE_URL", "http://"),
+        ("BUSSTATS_REFERENCE_URL", "http://ref:99999"),
+        ("BUSSTATS_S3_ENDPOINT_URL", "s3://bucket"),
+        ("BUSSTATS_S3_ENDPOINT_URL", "https://:9000"),
+        ("BUSSTATS_S3_ENDPOINT_URL", "http://minio:x"),
+        ("BUSSTATS_METRICS_PORT", "-1"),
+        ("BUSSTATS_METRICS_PORT", "sometimes"),
+    ],
+)
+def test_bad_endpoint_stops_with_one_line_naming_the_variable(
+    clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, value: str
+) -> None:
+    clean_env.setenv(variable, value)
+    with pytest.raises(SystemExit) as stopped:
+        load_settings()
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"bus-stats: invalid configuration: {variable}: ")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "field", "expected"),
+    [
+        ("BUSSTATS_AMQP_URL", "amqps://u:p@mq.example:5671/prod", "amqp_url", SAME),
+        ("BUSSTATS_AMQP_URL", "amqp://[::1]/", "amqp_url", SAME),
+        ("BUSSTATS_AMQP_URL", "amqp://broker", "amqp_url", SAME),
+        ("BUSSTATS_REFERENCE_URL", "http://[::1]:8080", "reference_url", "http://[::1]:8080"),
+        ("BUSSTATS_S3_ENDPOINT_URL", "https://s3.eu.example", "s3_endpoint_url", SAME),
+        ("BUSSTATS_METRICS_PORT", "0", "metrics_port", 0),
+        ("BUSSTATS_METRICS_PORT", "off", "metrics_port", None),
+        ("BUSSTATS_METRICS_PORT", "OFF", "metrics_port", None),
+    ],
+)
+def test_good_endpoints_are_taken(
+    clean_env: pytest.MonkeyPatch, variable: str, value: str, field: str, expected: Any
+) -> None:
+    clean_env.setenv(variable, value)
+    loaded = getattr(load_settings(), field)
+    shown = loaded.get_secret_value() if isinstance(loaded, SecretStr) else loaded
+    assert shown == (value if expected is SAME else expected)
+
+
+def test_a_bad_amqp_url_is_refused_without_showing_it(
+    clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean_env.setenv("BUSSTATS_AMQP_URL", "http://app:hunter2@broker:5672/")
+    with pytest.raises(SystemExit):
+        load_settings()
+    err = capsys.readouterr().err
+    assert "BUSSTATS_AMQP_URL: " in err
+    assert "hunter2" not in err
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "BUSSTATS_API_TOKEN",
+        "BUSSTATS_S3_ENDPOINT_URL",
+        "BUSSTATS_AMQP_URL",
+        "BUSSTATS_API_PORT",
+        "BUSSTATS_METRICS_PORT",
+        "BUSSTATS_S3_PREFIX",
+    ],
+)
+def test_an_empty_variable_means_unset(clean_env: pytest.MonkeyPatch, variable: str) -> None:
+    clean_env.setenv(variable, "")
+    assert load_settings() == Settings()

@@ -1,0 +1,101 @@
+"""The API's start-up connections: made in the background, never blocking serving.
+
+The API serves ``/healthz`` (and ``/readyz``, which answers 503 meanwhile) from its first
+moment. Broker and S3 are connected by one background task that retries each with
+capped backoff, one log line per failed attempt naming what and where. A request that
+needs S3 before it was reached waits a bounded time, then gets 503 naming the cause;
+publishing waits the same way for the broker (:class:`producer.publisher.JobPublisher`).
+SIGTERM cancels the task like any other: shutdown never waits for a connection.
+"""
+
+import asyncio
+from typing import Final
+
+from common.logs import get_logger
+from common.settings import Settings
+from common.startup import Backoff, ConnectState, describe
+from common.storage import S3Store, ensure_bucket_until_up, s3_connect_state
+from producer.publisher import PING_WAIT_SECONDS, JobPublisher
+
+log = get_logger(__name__)
+EXTENSION_KEY: Final = "bus_stats_connections"
+
+
+class NotConnectedError(Exception):
+    """A dependency the request needs has not been reached since start-up."""
+
+
+class Connections:
+    """Brings the broker and S3 up in the background and tells who is waiting how it goes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: S3Store,
+        publisher: JobPublisher,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._publisher = publisher
+        self._backoff = backoff
+        self.s3 = s3_connect_state(settings)
+        self._s3_ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def broker(self) -> ConnectState:
+        return self._publisher.state
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._connect(), name="api-connections")
+
+    async def stop(self) -> None:
+        """Give up connecting (shutdown): cancel the task and wait for it to end."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        await asyncio.wait({self._task})
+        if not self._task.cancelled():
+            self._task.exception()  # logged when it happened
+
+    async def _connect(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._connect_s3())
+                group.create_task(self._publisher.connect())
+        except* Exception as errors:  # a bug, not an outage: say so, keep serving /healthz
+            for error in errors.exceptions:
+                log.exception("api.connect_crashed", error=describe(error), exc_info=error)
+            raise
+        log.info(
+            "api.started",
+            namespace=self._settings.namespace,
+            bucket=self._settings.s3_bucket,
+            broker=self.broker.url,
+            s3=self.s3.url,
+        )
+
+    async def _connect_s3(self) -> None:
+        await ensure_bucket_until_up(self._store, self.s3, self._backoff)
+        self._s3_ready.set()
+
+    async def ping_s3(self) -> None:
+        """Raise unless S3 answers now; before it was first reached, say how that goes.
+
+        Waits only for the end of the first attempt (bounded), like the broker's ping.
+        """
+        await self.s3.wait_attempted(PING_WAIT_SECONDS)
+        if not self._s3_ready.is_set():
+            raise NotConnectedError(self.s3.summary())
+        await self._store.ping()
+
+    async def wait_for_s3(self) -> None:
+        """Return once S3 was reached, waiting at most the publish timeout for it."""
+        if self._s3_ready.is_set():
+            return
+        try:
+            async with asyncio.timeout(self._settings.publish_timeout_seconds):
+                await self._s3_ready.wait()
+        except TimeoutError:
+            raise NotConnectedError(f"S3 not reached yet: {self.s3.summary()}") from None
