@@ -18,6 +18,7 @@ from moto.server import ThreadedMotoServer
 from common.settings import Settings
 from common.storage import S3Store, open_store
 from common.topology import delete_topology
+from tests.integration.s3_server import RestartableMoto
 
 AMQP_URL = os.environ.get("BUSSTATS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 BROKER_HELP = (
@@ -55,6 +56,30 @@ async def moto_reset(moto_url: str) -> AsyncIterator[str]:
     yield moto_url
     async with aiohttp.ClientSession() as session, session.post(f"{moto_url}/moto-api/reset") as r:
         r.raise_for_status()
+
+
+@pytest.fixture
+async def moto() -> AsyncIterator[RestartableMoto]:
+    """A Moto endpoint of the test's own that it may restart, hold requests on or make fail.
+
+    It shares the session server's backend (Moto's state is module state), so it is reset
+    the same way afterwards.
+    """
+    server = RestartableMoto()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.trap = None
+        server.failures.clear()
+        server.start()  # reset through the API, then stop for good
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{server.url}/moto-api/reset") as response,
+        ):
+            response.raise_for_status()
+        server.stop()
 
 
 @pytest.fixture

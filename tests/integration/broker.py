@@ -2,6 +2,10 @@
 
 import asyncio
 import shutil
+from dataclasses import dataclass
+from typing import Any
+
+from aio_pika.abc import AbstractRobustConnection
 
 
 async def _rabbitmqctl(*args: str) -> bytes:
@@ -31,3 +35,38 @@ async def close_connections(namespace: str) -> int:
             await _rabbitmqctl("close_connection", pid, "fault test: connection dropped")
             closed += 1
     return closed
+
+
+async def queue_depths(namespace: str) -> dict[str, tuple[int, int]]:
+    """Ready and unacknowledged messages of the namespace's queues, as the broker counts."""
+    listed = await _rabbitmqctl(
+        "list_queues", "name", "messages_ready", "messages_unacknowledged",
+        "--quiet", "--no-table-headers",
+    )  # fmt: skip
+    depths: dict[str, tuple[int, int]] = {}
+    for line in listed.decode().splitlines():
+        name, ready, unacked = line.split("\t")
+        if name.startswith(f"{namespace}."):
+            depths[name] = (int(ready), int(unacked))
+    return depths
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A message taken off a queue (and acked)."""
+
+    message_id: str | None
+    body: bytes
+    headers: dict[str, Any]
+
+
+async def drain(connection: AbstractRobustConnection, queue_name: str) -> list[Taken]:
+    """Take every message off ``queue_name`` (acking each): what it held."""
+    channel = await connection.channel()
+    queue = await channel.get_queue(queue_name)
+    taken: list[Taken] = []
+    while (message := await queue.get(fail=False)) is not None:
+        taken.append(Taken(message.message_id, message.body, dict(message.headers or {})))
+        await message.ack()
+    await channel.close()
+    return taken

@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import orjson
 from common.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 30.0
+START_TIMEOUT = 60.0  # generous: a loaded 2-core machine starts processes slowly
 
 
 def free_port() -> int:
@@ -66,16 +66,21 @@ class Service:
                 self._seen.notify_all()
 
     async def wait_for_event(self, event: str, deadline: float = START_TIMEOUT) -> dict[str, Any]:
-        async with asyncio.timeout(deadline), self._seen:
-            while True:
-                for line in self.lines:
-                    if line.get("event") == event:
-                        return line
-                if self.process.returncode is not None:
-                    raise RuntimeError(
-                        f"{self.name} exited {self.process.returncode}: {self.lines[-5:]}"
-                    )
-                await self._seen.wait()
+        try:
+            async with asyncio.timeout(deadline), self._seen:
+                while True:
+                    for line in self.lines:
+                        if line.get("event") == event:
+                            return line
+                    if self.process.returncode is not None:
+                        raise RuntimeError(
+                            f"{self.name} exited {self.process.returncode}: {self.lines[-5:]}"
+                        )
+                    await self._seen.wait()
+        except TimeoutError:
+            raise TimeoutError(
+                f"{self.name} logged no {event} in {deadline}s: {self.lines[-5:]}"
+            ) from None
 
     def kill(self) -> None:
         if self.process.returncode is None:
@@ -111,10 +116,68 @@ async def start(name: str, module: str, env: dict[str, str], *args: str) -> Serv
     return service
 
 
-async def start_consumer(settings: Settings, name: str = "consumer") -> Service:
-    service = await start(name, "consumer", environment(settings, BUSSTATS_METRICS_PORT="0"))
+async def start_consumer(
+    settings: Settings, name: str = "consumer", *, extra_env: Mapping[str, str] | None = None
+) -> Service:
+    """A consumer process, once it consumes; ``extra_env`` e.g. :func:`clock_offset`."""
+    env = environment(settings, BUSSTATS_METRICS_PORT="0", **(extra_env or {}))
+    service = await start(name, "consumer", env)
     await service.wait_for_event("consumer.started")
     return service
+
+
+FAKETIME_LIBRARIES = (
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/faketime/libfaketime.so.1",
+    "/usr/local/lib/faketime/libfaketime.so.1",
+)
+
+
+def clock_offset(offset: str) -> dict[str, str]:
+    """Environment that shifts a child's wall clock by ``offset`` (libfaketime, e.g. "+1h").
+
+    Only the wall clock moves (``time.time``, ``datetime.now``): the monotonic clock that
+    asyncio's timers use stays true, as on a host whose NTP is off.
+    """
+    for library in FAKETIME_LIBRARIES:
+        if Path(library).is_file():
+            return {
+                "LD_PRELOAD": library,
+                "FAKETIME": offset,
+                "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            }
+    raise RuntimeError(
+        "libfaketime is not installed: the clock-skew tests need it "
+        "(`apt-get install -y faketime`; .ci/run installs it)"
+    )
+
+
+async def run_module(env: dict[str, str], module: str, *args: str, deadline: float = 60.0) -> str:
+    """Run ``python -m module args`` to completion; its output, or an error if it failed."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        async with asyncio.timeout(deadline):
+            out, _ = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    text = out.decode(errors="replace")
+    if process.returncode != 0:
+        raise RuntimeError(
+            f"python -m {module} {' '.join(args)} exited {process.returncode}: {text[-2000:]}"
+        )
+    return text
 
 
 @dataclass

@@ -1,366 +1,439 @@
-"""Chaos: many dates through three consumers while processes, the broker and S3 misbehave.
+"""Chaos: random interleavings of requests and faults, then invariants over the final state.
 
-What runs: 30 dates are submitted through the real API; three consumer processes take
-them from the real RabbitMQ, fetch from the reference simulator and write into Moto. Some
-cities are larger than one S3 part, so multipart uploads are in flight most of the time.
-Meanwhile a seeded schedule (``CHAOS_SEED``, printed in every failure message, replays the
-same sequence of actions) does, between random pauses:
+What runs: a few dates, the real API, three consumer processes on the real RabbitMQ, the
+reference simulator (deterministic: every fetch of a date gives the same records) and a
+Moto S3 endpoint that can be restarted (:class:`tests.integration.s3_server.RestartableMoto`:
+its backend survives, like a real store's disks). The consumers' wall clocks differ: one
+runs an hour ahead, one an hour behind (libfaketime), so nothing may rest on clocks.
 
-- SIGKILL a consumer, preferably one with a job running, and start a replacement;
-- have the broker close every connection of the namespace (``rabbitmqctl``);
-- restart the S3 endpoint while an upload is pending (see below);
+A seed (``CHAOS_SEED``; the test runs the seeds of ``CHAOS_SEEDS=1,2,3``, or
+``CHAOS_RUNS=N`` for seeds 1..N, else the fixed :data:`DEFAULT_SEEDS`) draws a schedule of
+timed steps: plain POSTs and POSTs with ``force=true`` (some only once a job of the date
+runs), SIGKILL and SIGTERM of consumers and restarts of their slots (each with its own
+clock), the broker closing every connection of the namespace (``rabbitmqctl``), windows of
+simulator faults (5xx, hanging requests cut by the 1 s read timeout, truncated bodies)
+and of a city failing for good, a restart of the S3 endpoint mid-upload, and reads of
+``/country-stats`` (each must answer 503 or the oracle's figures, never wrong ones). Two
+messages no consumer can decode are published first.
 
-and the simulator injects its own transient faults on top (500/503, hanging requests cut
-by a 1 s read timeout, bodies truncated mid-record).
+Then the system is brought to rest (every slot running, a plain POST per date; polled
+with a deadline, never slept on) and the invariants of :mod:`tests.integration.invariants`
+are checked: every job final, failed ones with a reason, supersession pointing forward;
+per date, the newest claim wins and the committed version belongs to a succeeded job;
+every date with a succeeded job answers 200 and equals the oracle; every committed
+object exists with its manifest's ETag; after ``python -m consumer sweep`` nothing is
+left that no manifest references (objects, completion records, partials, uploads);
+every dead letter is explained by a failed job (the undecodable ones aside); the job
+queue is empty; every consumer stops cleanly on SIGTERM.
 
-How S3 is restarted, and why that way. Moto keeps its state in memory: killing a Moto
-*process* would lose the bucket, every committed date and every job state, which no real
-S3 (nor a restarted MinIO with its disk) does; a test built on that would either assert
-nothing after the restart or assert against an impossible world. So this module runs its
-own Moto HTTP server in a thread (:class:`RestartableMoto`, not the session fixture) and
-restarts the *endpoint*: the listening socket is closed, every open connection is cut
-(keep-alive ones included), the port refuses connections for a moment, then a new server
-binds the same port. Moto's backend lives in the test process and survives, exactly like
-a real object store's disks survive a restart of its front end. What clients see, reset
-connections and refused connects in the middle of multipart uploads, is what matters.
-
-Which jobs are meant to fail. Every submitted date is meant to succeed: the simulator's
-faults heal within the retry budget, and the delivery limit is raised to 8 so that a date
-that happens to be hit by several kills and dropped connections is not dead-lettered for
-it (with the default of 3 that would be correct behaviour, but not a deterministic
-outcome to assert). The jobs meant to fail are two messages published straight to the
-job exchange that no consumer of this version can do, a future message version and a
-body that is not JSON; the dead-letter queue must hold exactly those two.
-
-Afterwards: every job is final (``GET /jobs/<id>``) and succeeded, or failed with a
-reason; every date is exact against the oracle, both as stored and as the API serves it;
-each date holds exactly its manifest's objects (no duplicate, no leftover run); no
-multipart upload is left pending; the job queue is empty with nothing unacknowledged.
-
-The chaos is random in its timing, so a window a few milliseconds wide is hit only now
-and then. Two such windows, both hit by the chaos run above, get deterministic tests of
-their own (a :class:`Trap` holds one S3 request in Moto while the fault is applied): the
-broker connection lost between a date's commit and the job's final save, and the
-committing consumer killed while it sweeps older runs' leftovers.
+A failing seed reports its schedule, what each step did, and the command that replays it.
+The timing of the steps replays; what the processes do in between is up to the machine.
 """
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
-import socket
-import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Any
-from urllib.parse import unquote
+from typing import Any, Final
 
 import aio_pika
 import aiohttp
 import pytest
 from aio_pika.abc import AbstractRobustConnection
-from moto.moto_server.werkzeug_app import (
-    DomainDispatcherApplication,
-    MotoRequestHandler,
-    create_backend_app,
-)
-from werkzeug.serving import BaseWSGIServer, make_server
 
-from common.jobs import JobStore, ManifestStore
-from common.layout import Layout
 from common.settings import Settings
-from common.storage import S3Store, open_store
-from common.topology import ROUTING_KEY, Names, declare_topology
-from refsim import SimulatorConfig, expected_stats
-from refsim.server import serve
+from common.storage import open_store
+from common.topology import ROUTING_KEY, declare_topology
+from refsim import SimulatorConfig, cities
+from refsim.server import LiveSimulator, serve
 from tests.conftest import make_settings
+from tests.integration import invariants
 from tests.integration.broker import close_connections
+from tests.integration.s3_server import RestartableMoto
 from tests.integration.services import (
     Api,
     Service,
-    free_port,
+    clock_offset,
     running,
     start_api,
     start_consumer,
-    wait_for_job,
 )
-from tests.integration.test_ingest_e2e import post, stored_stats
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 log = logging.getLogger(__name__)
 
-SEED = int(os.environ.get("CHAOS_SEED", "20240501"))
-MIB = 1024 * 1024
-DAYS = [date(2024, 5, 1) + timedelta(days=offset) for offset in range(30)]
-CONSUMERS = 3
-# Cities of 2_000..48_000 records: about one pair in four is larger than a 5 MiB part.
-SIMULATOR = SimulatorConfig(
-    seed=SEED % 1000, cities=5, countries=3, records_min=2_000, records_max=48_000,
-    latency_min=0.2, latency_max=1.5, fail_rate=0.1, timeout_rate=0.05, truncate_rate=0.1,
-    fail_attempts=2, hang_seconds=30,
-)  # fmt: skip
-# One action of each kind first (shuffled), then more at random.
-FIRST_ACTIONS = ["kill", "drop", "s3"]
-MORE_ACTIONS = ["kill", "kill", "kill", "drop", "s3"]
-PROCESSING_DEADLINE = 110.0
-POISON = {
+DEFAULT_SEEDS: Final = (1, 2)
+MIB: Final = 1024 * 1024
+SLOTS: Final = 3
+CLOCKS: Final = ("", "+1h", "-1h")  # "" is the true clock
+FIRST_DAY: Final = date(2024, 5, 1)
+QUIET_DEADLINE: Final = 75.0
+POISON: Final = {
     "future-version": b'{"version": 2, "job_id": "' + b"f" * 32 + b'", "date": "2024-05-01"}',
     "not-json": b"\x00\xff not json",
 }
+# Every kind of step appears once per seed; these are drawn for the rest, by weight.
+MANDATORY: Final = (
+    "post", "force", "force_running", "kill", "term", "restart", "drop", "s3", "faults", "read",
+)  # fmt: skip
+EXTRA: Final = {
+    "post": 3, "force": 2, "force_running": 3, "kill": 2, "term": 2, "restart": 2,
+    "drop": 1, "read": 2, "outage": 1, "faults": 1,
+}  # fmt: skip
+EXTRA_STEPS: Final = 8
 
 
-class Trap:
-    """Holds the first request ``method`` to ``target`` that follows a manifest commit.
-
-    ``target`` is looked for in the request's decoded path and query. The request is held
-    in Moto's request thread, so the consumer waits on it, until :attr:`released` is set.
-    """
-
-    def __init__(self, method: str, target: str) -> None:
-        self.method = method
-        self.target = target
-        self.caught = threading.Event()
-        self.released = threading.Event()
-        self._armed = False
-        self._lock = threading.Lock()
-
-    def before(self, method: str, target: str) -> None:
-        with self._lock:
-            hold = self._armed and method == self.method and self.target in target
-            if hold:
-                self._armed = False
-                self.caught.set()
-        if hold:
-            self.released.wait(timeout=60)
-
-    def after(self, method: str, target: str) -> None:
-        if method == "PUT" and "/manifests/" in target and not self.caught.is_set():
-            with self._lock:
-                self._armed = True
+def seeds() -> list[int]:
+    if listed := os.environ.get("CHAOS_SEEDS"):
+        return [int(seed) for seed in listed.split(",") if seed.strip()]
+    if one := os.environ.get("CHAOS_SEED"):
+        return [int(one)]
+    if runs := int(os.environ.get("CHAOS_RUNS", "0")):
+        return list(range(1, runs + 1))
+    return list(DEFAULT_SEEDS)
 
 
-class RestartableMoto:
-    """A Moto S3 endpoint on a fixed port whose front end can be restarted.
-
-    Moto's backend (buckets, objects, uploads) is module state of this process, so it
-    survives :meth:`restart`; only the HTTP server goes away and comes back.
-    """
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._server: BaseWSGIServer | None = None
-        self._thread: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self.trap: Trap | None = None
-        self._moto = DomainDispatcherApplication(create_backend_app)
-
-    def _app(self, environ: dict[str, Any], start_response: Any) -> Any:
-        trap, method = self.trap, environ["REQUEST_METHOD"]
-        target = f"{environ['PATH_INFO']}?{unquote(environ.get('QUERY_STRING', ''))}"
-        if trap is not None:
-            trap.before(method, target)
-        answer = self._moto(environ, start_response)
-        if trap is not None:
-            trap.after(method, target)
-        return answer
-
-    def start(self) -> None:
-        tracked, lock = self._connections, self._lock
-
-        class Handler(MotoRequestHandler):
-            def setup(self) -> None:
-                super().setup()
-                with lock:
-                    tracked.add(self.connection)
-
-            def finish(self) -> None:
-                with lock:
-                    tracked.discard(self.connection)
-                super().finish()
-
-        self._server = make_server("127.0.0.1", self.port, self._app, True, request_handler=Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop listening and cut every open connection, mid-request or idle."""
-        if self._server is None or self._thread is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-        self._server = self._thread = None
-        with self._lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-
-    async def restart(self, down_seconds: float) -> None:
-        await asyncio.to_thread(self.stop)
-        await asyncio.sleep(down_seconds)  # the outage itself
-        await asyncio.to_thread(self.start)
+def simulator_config(seed: int) -> SimulatorConfig:
+    """Deterministic data; cities of 1,000..40,000 records (some exceed one 5 MiB part)."""
+    return SimulatorConfig(
+        seed=seed, cities=5, countries=3, records_min=1_000, records_max=40_000,
+        latency_min=0.2, latency_max=1.5, hang_seconds=30,
+    )  # fmt: skip
 
 
-@pytest.fixture
-async def moto() -> AsyncIterator[RestartableMoto]:
-    server = RestartableMoto()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        server.start()  # reset through the API, then stop for good
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(f"{server.url}/moto-api/reset") as response,
-        ):
-            response.raise_for_status()
-        server.stop()
+def faulty(config: SimulatorConfig) -> SimulatorConfig:
+    """The same data, served with transient faults that heal within the retry budget."""
+    return dataclasses.replace(
+        config, fail_rate=0.3, timeout_rate=0.1, truncate_rate=0.2, fail_attempts=2
+    )
+
+
+@dataclass(frozen=True)
+class Step:
+    """One timed action of a schedule."""
+
+    at: float
+    kind: str
+    day: date | None = None
+    slot: int | None = None
+    value: float | int | str | None = None
+
+    def __str__(self) -> str:
+        parts = [f"{self.at:5.1f}s {self.kind}"]
+        if self.day is not None:
+            parts.append(str(self.day))
+        if self.slot is not None:
+            parts.append(f"slot {self.slot}")
+        if self.value is not None:
+            parts.append(repr(self.value))
+        return " ".join(parts)
+
+
+@dataclass
+class Plan:
+    days: list[date]
+    clocks: list[str]
+    steps: list[Step]
+
+    def describe(self) -> str:
+        clocks = ", ".join(f"slot {n}: {c or 'true'}" for n, c in enumerate(self.clocks))
+        steps = "\n".join(f"    {step}" for step in self.steps)
+        return f"dates {self.days[0]}..{self.days[-1]}; clocks {clocks}\n{steps}"
+
+
+def make_plan(seed: int, config: SimulatorConfig) -> Plan:
+    """The seed's schedule: a pure function of the seed, so a failure replays."""
+    rng = random.Random(seed)
+    days = [FIRST_DAY + timedelta(days=n) for n in range(rng.randint(4, 6))]
+    clocks = rng.sample(CLOCKS, SLOTS)
+    kinds = list(MANDATORY) + rng.choices(list(EXTRA), weights=list(EXTRA.values()), k=EXTRA_STEPS)
+    rng.shuffle(kinds)
+    steps: list[Step] = []
+    at = 0.0
+    for day in rng.sample(days, len(days)):  # every date is asked for at the start
+        steps.append(Step(at, rng.choice(["post", "post", "force"]), day=day))
+        at += round(rng.uniform(0.0, 0.3), 2)
+    up = set(range(SLOTS))
+    heal_at = 0.0
+    city_ids = [city.id for city in cities(config)]
+    for kind in kinds:
+        at += round(rng.uniform(0.3, 2.0), 2)
+        step = _draw_step(rng, at, kind, days=days, up=up, cities=city_ids)
+        steps.append(step)
+        if step.kind in {"faults", "outage"}:
+            heal_at = max(heal_at, at + round(rng.uniform(1.0, 5.0), 2))
+        if heal_at and heal_at <= at:
+            steps.append(Step(heal_at, "heal"))
+            heal_at = 0.0
+    if heal_at:
+        steps.append(Step(heal_at, "heal"))
+    steps.sort(key=lambda step: step.at)
+    return Plan(days=days, clocks=clocks, steps=steps)
+
+
+def _draw_step(
+    rng: random.Random, at: float, kind: str, *, days: list[date], up: set[int], cities: list[int]
+) -> Step:
+    """One step of ``kind`` (or another if the slots' state rules it out); updates ``up``."""
+    if kind in {"kill", "term"} and len(up) <= 1:  # one consumer keeps working
+        kind = "restart"
+    if kind == "restart" and len(up) == SLOTS:
+        kind = "read"
+    day = rng.choice(days) if kind in {"post", "force", "force_running", "read"} else None
+    slot: int | None = None
+    value: float | int | str | None = None
+    if kind in {"kill", "term"}:
+        slot = rng.choice(sorted(up))
+        up.discard(slot)
+    elif kind == "restart":
+        slot = rng.choice(sorted(set(range(SLOTS)) - up))
+        up.add(slot)
+        value = rng.choice(CLOCKS)
+    elif kind == "s3":
+        value = round(rng.uniform(0.5, 2.0), 2)
+    elif kind == "outage":
+        value = rng.choice(cities)
+    elif kind == "read":
+        value = rng.randint(0, len(days) - 1)
+    return Step(at, kind, day=day, slot=slot, value=value)
 
 
 @dataclass
 class Chaos:
-    """The seeded schedule of faults and what it did (the log is in failure messages)."""
+    """Plays a plan against the running system and records what each step did."""
 
-    rng: random.Random
+    seed: int
+    plan: Plan
     settings: Settings
     moto: RestartableMoto
-    store: S3Store
-    consumers: list[Service]
+    simulator: LiveSimulator
+    base: SimulatorConfig
+    api: Api
+    http: aiohttp.ClientSession
+    world: invariants.World
+    slots: list[Service | None] = field(default_factory=lambda: [None] * SLOTS)
+    starting: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     retired: list[Service] = field(default_factory=list)
+    stopping: list[asyncio.Task[int]] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    _started_consumers: int = 0
+
+    # -- reporting -----------------------------------------------------------------------
 
     def note(self, text: str) -> None:
-        self.done.append(f"{time.monotonic() - self.started:.1f}s {text}")
+        self.done.append(f"{time.monotonic() - self.started:6.1f}s {text}")
         log.info("chaos: %s", self.done[-1])
 
     def report(self) -> str:
-        return f"CHAOS_SEED={SEED}; chaos: " + "; ".join(self.done)
-
-    def story(self, day: str) -> str:
-        """What the consumers logged about one date, in order, for failure messages."""
-        lines = [
-            (line.get("timestamp", ""), service.name, line)
-            for service in [*self.retired, *self.consumers]
-            for line in service.lines
-            if line.get("date") == day
-        ]
-        keys = ("event", "run_id", "delivery", "decision", "reason", "error")
-        return f"{day}: " + " | ".join(
-            f"{stamp} {name} " + " ".join(str(line[k]) for k in keys if k in line)
-            for stamp, name, line in sorted(lines, key=lambda item: str(item[0]))
+        return (
+            f"\nreplay: CHAOS_SEED={self.seed} uv run pytest -q tests/integration/test_chaos.py"
+            f"\nschedule of seed {self.seed}: {self.plan.describe()}"
+            "\nwhat it did:\n" + "\n".join(f"    {line}" for line in self.done)
         )
 
-    async def kill(self) -> None:
-        busy = [n for n, service in enumerate(self.consumers) if _running_jobs(service) > 0]
-        slot = self.rng.choice(busy) if busy else self.rng.randrange(len(self.consumers))
-        victim = self.consumers[slot]
-        running_jobs = _running_jobs(victim)
-        victim.kill()
-        await victim.stop()
-        self.retired.append(victim)
-        name = f"consumer-{len(self.consumers) + len(self.retired)}"
-        self.consumers[slot] = await start_consumer(self.settings, name)
-        self.note(f"SIGKILL {victim.name} ({running_jobs} job(s) running), started {name}")
+    def story(self, day: date) -> str:
+        """What the consumers logged about one date, in order."""
+        keys = ("event", "job_id", "run_id", "generation", "delivery", "decision", "reason")
+        lines = sorted(
+            (
+                (str(line.get("timestamp", "")), service.name, line)
+                for service in [*self.retired, *(s for s in self.slots if s is not None)]
+                for line in service.lines
+                if line.get("date") == day.isoformat()
+            ),
+            key=lambda item: item[0],
+        )
+        return f"{day}:\n" + "\n".join(
+            f"    {stamp} {name} " + " ".join(f"{k}={line[k]}" for k in keys if k in line)
+            for stamp, name, line in lines
+        )
 
-    async def drop(self) -> None:
-        closed = await close_connections(self.settings.namespace)
-        self.note(f"broker closed {closed} connection(s)")
+    # -- steps ---------------------------------------------------------------------------
 
-    async def s3(self) -> None:
-        pending = await self._wait_for_upload()
-        down = round(self.rng.uniform(0.5, 2.0), 2)
-        await self.moto.restart(down)
-        self.note(f"S3 restarted, down {down}s, {pending} multipart upload(s) pending")
+    async def start_slot(self, slot: int, clock: str) -> None:
+        self._started_consumers += 1
+        name = f"consumer-{self._started_consumers}{clock}"
+        extra = clock_offset(clock) if clock else {}
+        self.slots[slot] = await start_consumer(self.settings, name, extra_env=extra)
 
-    async def _wait_for_upload(self) -> int:
-        """Until a multipart upload is pending (at most a few seconds): restart mid-upload."""
+    async def _post(self, day: date, *, force: bool) -> str:
+        query = f"date={day}" + ("&force=true" if force else "")
+        async with self.http.post(f"{self.api.url}/process-request?{query}") as response:
+            body = await response.json(content_type=None)
+            if "job_id" in body:
+                self.world.visible_jobs.add(body["job_id"])
+            return f"{response.status} {body.get('job_id', body)}"
+
+    async def post(self, step: Step) -> str:
+        assert step.day is not None
+        return await self._post(step.day, force=False)
+
+    async def force(self, step: Step) -> str:
+        assert step.day is not None
+        return await self._post(step.day, force=True)
+
+    async def force_running(self, step: Step) -> str:
+        """Force once the date's newest job runs (waiting a few seconds at most)."""
+        assert step.day is not None
+        seen = "never running"
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(8):
+            async with asyncio.timeout(4):
                 while True:
-                    uploads = await self.store.pending_uploads("")
-                    if uploads:
-                        return len(uploads)
+                    latest, _ = await self.world.jobs.latest(step.day)
+                    if latest is not None and latest.status == "running":
+                        seen = f"while {latest.job_id} ran"
+                        break
                     await asyncio.sleep(0.05)  # S3 cannot notify
-        return 0
+        return f"{seen}: " + await self._post(step.day, force=True)
 
-    async def act(self, action: str) -> None:
-        actions: dict[str, Callable[[], Awaitable[None]]] = {
-            "kill": self.kill,
-            "drop": self.drop,
-            "s3": self.s3,
-        }
-        await actions[action]()
+    async def _started(self, slot: int) -> None:
+        """Until the slot's consumer (if one is starting) consumes."""
+        task = self.starting.pop(slot, None)
+        if task is not None:
+            await task
+
+    async def kill(self, step: Step) -> str:
+        assert step.slot is not None
+        await self._started(step.slot)
+        victim = self.slots[step.slot]
+        assert victim is not None, step
+        self.slots[step.slot] = None
+        victim.kill()
+        code = await victim.stop()
+        self.retired.append(victim)
+        return f"SIGKILL {victim.name} ({running_jobs(victim)} job(s) running), exit {code}"
+
+    async def term(self, step: Step) -> str:
+        assert step.slot is not None
+        await self._started(step.slot)
+        victim = self.slots[step.slot]
+        assert victim is not None, step
+        self.slots[step.slot] = None
+        self.retired.append(victim)
+        jobs = running_jobs(victim)
+        self.stopping.append(asyncio.create_task(victim.stop(grace=60)))
+        return f"SIGTERM {victim.name} ({jobs} job(s) running)"
+
+    async def restart(self, step: Step) -> str:
+        """Start a consumer in the slot; the schedule goes on while it starts."""
+        assert step.slot is not None
+        assert isinstance(step.value, str)
+        self.starting[step.slot] = asyncio.create_task(self.start_slot(step.slot, step.value))
+        return f"starting a consumer, clock {step.value or 'true'}"
+
+    async def drop(self, step: Step) -> str:
+        return f"broker closed {await close_connections(self.settings.namespace)} connection(s)"
+
+    async def s3(self, step: Step) -> str:
+        assert isinstance(step.value, float)
+        pending = 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3):  # restart mid-upload if one comes soon
+                while not (pending := len(await self.world.store.pending_uploads(""))):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # S3 cannot notify
+        await self.moto.restart(step.value)
+        return f"S3 endpoint down {step.value}s with {pending} upload(s) pending"
+
+    async def faults(self, step: Step) -> str:
+        self.simulator.state.config = faulty(self.base)
+        self.simulator.state.attempts.clear()  # the faults hit the next attempts again
+        return "simulator faults on"
+
+    async def outage(self, step: Step) -> str:
+        assert isinstance(step.value, int)
+        self.simulator.state.config = dataclasses.replace(
+            self.base, fail_permanently=frozenset({step.value})
+        )
+        return f"city {step.value} answers 500 until healed"
+
+    async def heal(self, step: Step) -> str:
+        self.simulator.state.config = self.base
+        return "simulator healed"
+
+    async def read(self, step: Step) -> str:
+        """Any read answers 503 (a date changing) or the oracle's figures, never others."""
+        assert step.day is not None
+        assert isinstance(step.value, int)
+        start = step.day
+        end = max(start, min(self.plan.days[-1], start + timedelta(days=step.value)))
+        query = f"from={start}&to={end}"
+        async with self.http.get(f"{self.api.url}/country-stats?{query}") as response:
+            status, body = response.status, await response.json(content_type=None)
+        if status == 503:
+            return f"{query}: 503 {body.get('error')}"
+        if status != 200:
+            self.violations.append(f"read {query} answered {status} {body}")
+            return f"{query}: {status}"
+        served = {date.fromisoformat(row["date"]) for row in body["stats"]}
+        expected = await self.world.oracle.rows(served)
+        if body["stats"] != expected:
+            self.violations.append(f"read {query} served figures that differ from the oracle")
+        return f"{query}: 200, {len(served)} date(s) committed"
+
+    async def play(self) -> None:
+        actions: dict[str, Callable[[Step], Coroutine[Any, Any, str]]] = {
+            "post": self.post, "force": self.force, "force_running": self.force_running,
+            "kill": self.kill, "term": self.term, "restart": self.restart, "drop": self.drop,
+            "s3": self.s3, "faults": self.faults, "outage": self.outage, "heal": self.heal,
+            "read": self.read,
+        }  # fmt: skip
+        begin = self.started = time.monotonic()
+        log.info("chaos: seed %d, %s", self.seed, self.plan.describe())
+        for step in self.plan.steps:
+            delay = begin + step.at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)  # the schedule's own pause, not synchronisation
+            self.note(f"{step}: {await actions[step.kind](step)}")
+
+    async def settle(self) -> None:
+        """Heal, fill every slot, ask for every date once more (a plain POST)."""
+        self.simulator.state.config = self.base
+        for slot in list(self.starting):
+            await self._started(slot)
+        await asyncio.gather(
+            *(self.start_slot(slot, "") for slot, s in enumerate(self.slots) if s is None)
+        )
+        for day in self.plan.days:
+            self.note(f"final POST {day}: {await self._post(day, force=False)}")
+        codes = await asyncio.gather(*self.stopping)
+        if any(code != 0 for code in codes):
+            self.violations.append(f"SIGTERMed consumers exited {codes}, not all 0")
+
+    async def stop_consumers(self) -> None:
+        for slot, service in enumerate(self.slots):
+            if service is not None:
+                code = await service.stop()
+                if code != 0:
+                    self.violations.append(f"{service.name} exited {code} on SIGTERM")
+                self.retired.append(service)
+                self.slots[slot] = None
 
 
-def _running_jobs(service: Service) -> int:
-    """Jobs a consumer started and has not finished, as its own log tells."""
+def running_jobs(service: Service) -> int:
+    """Jobs a consumer started and has not finished, as its own log tells (for the report)."""
     events = [line.get("event") for line in service.lines]
-    return (
-        events.count("job.started")
-        - events.count("job.succeeded")
-        - events.count("job.attempt_failed")
+    return events.count("job.started") - sum(
+        events.count(e) for e in ("job.succeeded", "job.attempt_failed", "job.superseded")
     )
 
 
-async def _final(jobs: JobStore, job_ids: list[str]) -> bool:
-    for job_id in job_ids:
-        state = await jobs.get(job_id)
-        if state is None or state.status not in {"succeeded", "failed"}:
-            return False
-    return True
-
-
-async def _queue_depths(namespace: str) -> dict[str, tuple[int, int]]:
-    """Ready and unacknowledged messages of the namespace's queues, as the broker counts."""
-    process = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", "list_queues", "name", "messages_ready", "messages_unacknowledged",
-        "--quiet", "--no-table-headers",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    depths: dict[str, tuple[int, int]] = {}
-    for line in out.decode().splitlines():
-        name, ready, unacked = line.split("\t")
-        if name.startswith(f"{namespace}."):
-            depths[name] = (int(ready), int(unacked))
-    return depths
-
-
-async def _publish_poison(connection: AbstractRobustConnection, settings: Settings) -> None:
-    channel = await connection.channel(publisher_confirms=True)
+async def publish_poison(amqp: AbstractRobustConnection, settings: Settings) -> int:
+    channel = await amqp.channel(publisher_confirms=True)
     topology = await declare_topology(channel, settings.namespace, settings.delivery_limit)
     for message_id, body in POISON.items():
         await topology.exchange.publish(
             aio_pika.Message(body, message_id=message_id), routing_key=ROUTING_KEY
         )
     await channel.close()
-
-
-async def _drain(connection: AbstractRobustConnection, queue_name: str) -> list[str | None]:
-    channel = await connection.channel()
-    queue = await channel.get_queue(queue_name)
-    ids: list[str | None] = []
-    while (message := await queue.get(fail=False)) is not None:
-        ids.append(message.message_id)
-        await message.ack()
-    await channel.close()
-    return ids
-
-
-async def _api_job(http: aiohttp.ClientSession, api: Api, job_id: str) -> dict[str, Any]:
-    async with http.get(f"{api.url}/jobs/{job_id}") as response:
-        assert response.status == 200, await response.text()
-        job: dict[str, Any] = await response.json()
-        return job
+    return len(POISON)
 
 
 def chaos_settings(moto: RestartableMoto, namespace: str, reference_url: str) -> Settings:
@@ -371,198 +444,94 @@ def chaos_settings(moto: RestartableMoto, namespace: str, reference_url: str) ->
         read_timeout_seconds=1.0,
         part_size_bytes=5 * MIB,
         memory_budget_bytes=20 * MIB,
-        delivery_limit=8,
         shutdown_grace_seconds=2.0,
+        heartbeat_seconds=0.5,
+        stale_job_seconds=10.0,
     )
 
 
-async def run_chaos(chaos: Chaos, jobs: JobStore, job_ids: list[str]) -> None:
-    """Play the seeded schedule while jobs run, then wait for every job to be final."""
-    rng = chaos.rng
-    schedule = rng.sample(FIRST_ACTIONS, len(FIRST_ACTIONS))
-    schedule += [rng.choice(MORE_ACTIONS) for _ in range(len(MORE_ACTIONS))]
-    try:
-        async with asyncio.timeout(PROCESSING_DEADLINE):
-            while not await _final(jobs, job_ids):
-                if schedule:
-                    await asyncio.sleep(rng.uniform(0.5, 2.5))  # chaos pauses, seeded
-                    await chaos.act(schedule.pop(0))
-                else:
-                    await asyncio.sleep(0.2)  # polling job states: S3 cannot notify
-    except TimeoutError:
-        pytest.fail(f"jobs not final after {PROCESSING_DEADLINE}s; {chaos.report()}")
-    assert not schedule, f"the dates were done before the chaos was; {chaos.report()}"
-
-
-async def check_api(
-    http: aiohttp.ClientSession, api: Api, job_ids: list[str], chaos: Chaos
-) -> None:
-    """Every job final with a reason if failed (none is meant to), every date exact."""
-    report = chaos.report()
-    views = [await _api_job(http, api, job_id) for job_id in job_ids]
-    failed = {view["date"]: view["error"] for view in views if view["status"] != "succeeded"}
-    assert all(failed.values()), f"a job failed without a reason: {failed}; {report}"
-    assert failed == {}, f"dates meant to succeed failed: {failed}; {report}"
-    async with http.get(f"{api.url}/country-stats?from={DAYS[0]}&to={DAYS[-1]}") as response:
-        text = await response.text()
-        stories = [chaos.story(str(day)) for day in DAYS if str(day) in text]
-        assert response.status == 200, f"{text}; {report}; " + "; ".join(stories)
-        served = await response.json()
-    assert served["missing_dates"] == [], report
-    assert served["stats"] == expected_stats(SIMULATOR, DAYS), report
-
-
-async def check_broker(
-    amqp: AbstractRobustConnection, consumers: list[Service], namespace: str, report: str
-) -> None:
-    """The job queue empty with nothing unacknowledged; dead letters exactly the poison."""
-    names = Names(namespace)
-    # Wait for the last acks, stop the consumers (anything still unacknowledged would go
-    # back to ready), then the queue must still be empty.
-    async with asyncio.timeout(30):
-        while (await _queue_depths(namespace)).get(names.queue) != (0, 0):  # noqa: ASYNC110
-            await asyncio.sleep(0.2)  # the broker's counters cannot notify
-    for consumer in consumers:
-        assert await consumer.stop() == 0, consumer.lines[-5:]
-    assert (await _queue_depths(namespace))[names.queue] == (0, 0), report
-    channel = await amqp.channel()
-    queue = await channel.declare_queue(names.queue, passive=True)
-    assert queue.declaration_result.message_count == 0, report
-    await channel.close()
-    dead = await _drain(amqp, names.dead_letter_queue)
-    assert sorted(map(str, dead)) == sorted(POISON), f"dead letters {dead}; {report}"
-
-
-async def check_store(store: S3Store, settings: Settings, chaos: Chaos) -> None:
-    """Exact figures, each date exactly its manifest's objects, no upload left pending."""
-    report = chaos.report()
-    expected = expected_stats(SIMULATOR, DAYS)
-    layout = Layout(settings.s3_prefix)
-    manifests = ManifestStore(store, layout)
-    for day in DAYS:
-        manifest, _ = await manifests.get(day)
-        assert manifest is not None, f"{report}; {chaos.story(str(day))}"
-        departures = sum(row["buses_started"] for row in expected if row["date"] == str(day))
-        assert manifest.records == departures, f"{report}; {chaos.story(str(day))}"
-        stored = {item.key async for item in store.list_objects(layout.date_data(day))}
-        listed = {city.key for city in manifest.cities}
-        assert stored == listed, f"{report}; {chaos.story(str(day))}"
-    assert await stored_stats(store, settings, DAYS) == expected, report
-    assert await store.pending_uploads("") == [], report
-
-
-@pytest.mark.timeout(170)  # with the two below: the file stays within 4 minutes
-async def test_chaos_loses_nothing_and_duplicates_nothing(
-    moto: RestartableMoto, namespace: str, amqp: AbstractRobustConnection
-) -> None:
-    async with serve(SIMULATOR) as simulator, contextlib.AsyncExitStack() as stack:
+@contextlib.asynccontextmanager
+async def chaos_system(seed: int, moto: RestartableMoto, namespace: str) -> AsyncIterator[Chaos]:
+    """The API, three consumers (one clock each) and a simulator; all stopped afterwards."""
+    base = simulator_config(seed)
+    plan = make_plan(seed, base)
+    async with serve(base) as simulator, contextlib.AsyncExitStack() as stack:
         settings = chaos_settings(moto, namespace, simulator.url)
         store = await stack.enter_async_context(open_store(settings))
         http = await stack.enter_async_context(aiohttp.ClientSession())
         api = await start_api(settings)
-        consumers = [await start_consumer(settings, f"consumer-{n + 1}") for n in range(CONSUMERS)]
-        chaos = Chaos(random.Random(SEED), settings, moto, store, consumers)
+        world = invariants.World(
+            settings=settings,
+            store=store,
+            api_url=api.url,
+            days=plan.days,
+            oracle=invariants.Oracle(base),
+        )
+        chaos = Chaos(seed, plan, settings, moto, simulator, base, api, http, world)
 
         async def stop_everything() -> None:
-            async with running(api.service, *chaos.consumers, *chaos.retired):
+            for task in [*chaos.stopping, *chaos.starting.values()]:
+                with contextlib.suppress(Exception):
+                    await task
+            alive = [s for s in [*chaos.slots, *chaos.retired] if s is not None]
+            async with running(api.service, *alive):
                 pass
 
         stack.push_async_callback(stop_everything)
-
-        await _publish_poison(amqp, settings)
-        accepted = [await post(http, api, f"date={day}") for day in DAYS]
-        assert [status for status, _ in accepted] == [202] * len(DAYS), accepted
-        job_ids = [body["job_id"] for _, body in accepted]
-        chaos.note(f"{len(job_ids)} dates submitted")
-
-        await run_chaos(chaos, JobStore(store, Layout(settings.s3_prefix)), job_ids)
-        await check_api(http, api, job_ids, chaos)
-        await check_broker(amqp, chaos.consumers, namespace, chaos.report())
-        await check_store(store, settings, chaos)
+        await asyncio.gather(*(chaos.start_slot(n, clock) for n, clock in enumerate(plan.clocks)))
+        yield chaos
 
 
-@pytest.mark.timeout(35)
-async def test_a_connection_lost_right_after_the_commit_keeps_the_date(
-    moto: RestartableMoto, namespace: str, amqp: AbstractRobustConnection
+async def check(chaos: Chaos, amqp: AbstractRobustConnection) -> list[str]:
+    """Every invariant over the quiet system; the violations found."""
+    world, http = chaos.world, chaos.http
+    await invariants.quiesce(world, deadline=QUIET_DEADLINE)
+    chaos.note("quiet")
+    jobs = await invariants.all_jobs(world)
+    reached = await invariants.referenced_jobs(world, jobs)
+    problems = list(chaos.violations)
+    problems += invariants.check_job_states(world, jobs, reached)
+    problems += await invariants.check_dates(world, jobs)
+    problems += await invariants.check_served(http, world)
+    problems += await invariants.check_objects(world)
+    for day in world.days:
+        latest, _ = await world.jobs.latest(day)
+        if latest is not None and latest.status == "succeeded":
+            again = await chaos._post(day, force=False)
+            if not again.startswith(f"200 {latest.job_id}"):
+                problems.append(f"{day}: a plain POST answered {again}, not {latest.job_id}")
+    await chaos.stop_consumers()
+    problems += await invariants.check_queue_empty(world)
+    problems += await invariants.check_dead_letters(world, amqp, jobs)
+    chaos.note("sweep: " + (await invariants.sweep(world)).strip().replace("\n", " | ")[-300:])
+    problems += await invariants.check_leftovers(world)
+    problems += await invariants.check_objects(world)
+    return problems
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("seed", seeds())
+async def test_chaos_invariants_hold(
+    seed: int, moto: RestartableMoto, namespace: str, amqp: AbstractRobustConnection
 ) -> None:
-    """The broker drops the consumer between the date's commit and the job's final save.
-
-    The worker cancels the job at once (its delivery can no longer be acked); the date is
-    committed already, so it must stay whole and the redelivered job must succeed.
-    """
-    config = SimulatorConfig(
-        seed=5, cities=4, countries=2, records_min=20, records_max=50, latency_max=0
-    )
-    day = DAYS[0]
-    async with (
-        serve(config) as simulator,
-        open_store(
-            settings := make_settings(moto.url, namespace, reference_url=simulator.url)
-        ) as store,
-    ):
-        api = await start_api(settings)
-        consumer = await start_consumer(settings)
-        moto.trap = trap = Trap("PUT", "/jobs/")  # the job's state, saved after the commit
-        async with running(api.service, consumer), aiohttp.ClientSession() as http:
-            _, body = await post(http, api, f"date={day}")
-            assert await asyncio.to_thread(trap.caught.wait, 30), "no commit was seen"
-            assert await close_connections(namespace) >= 1
-            await consumer.wait_for_event("message.settle_failed")  # the cancelled job
-            trap.released.set()
-            job = await wait_for_job(http, api.url, body["job_id"])
-        moto.trap = None
-        assert job["status"] == "succeeded", job
-        manifest, _ = await ManifestStore(store, Layout()).get(day)
-        assert manifest is not None
-        missing = [city.key for city in manifest.cities if await store.get(city.key) is None]
-        assert missing == [], "the committed date's objects were deleted"
-        assert await stored_stats(store, settings, [day]) == expected_stats(config, [day])
-
-
-@pytest.mark.timeout(35)
-async def test_a_consumer_killed_during_the_sweep_leaves_nothing_behind(
-    moto: RestartableMoto, namespace: str, amqp: AbstractRobustConnection
-) -> None:
-    """A killed run leaves objects; the run that commits next is killed while sweeping.
-
-    The job is redelivered once more and finds its date committed: the older runs'
-    objects must still be removed, or they stay in the bucket for good.
-    """
-    config = SimulatorConfig(
-        seed=6, cities=6, countries=2, records_min=20, records_max=50, latency_max=4
-    )
-    day = DAYS[1]
-    layout = Layout()
-    prefix = layout.date_data(day)
-    async with (
-        serve(config) as simulator,
-        open_store(
-            settings := make_settings(moto.url, namespace, reference_url=simulator.url)
-        ) as store,
-    ):
-        api = await start_api(settings)
-        first = await start_consumer(settings, "first")
-        async with running(api.service), aiohttp.ClientSession() as http:
-            _, body = await post(http, api, f"date={day}")
-            async with asyncio.timeout(30):
-                # Until the first run stored a city (polling: S3 cannot notify).
-                while not [item async for item in store.list_objects(prefix)]:  # noqa: ASYNC110
-                    await asyncio.sleep(0.05)
-            first.kill()
-            await first.stop()
-            moto.trap = trap = Trap("GET", "prefix=data/date=")  # the sweep's listing
-            second = await start_consumer(settings, "second")
-            assert await asyncio.to_thread(trap.caught.wait, 60), "no sweep was seen"
-            second.kill()
-            await second.stop()
-            trap.released.set()
-            moto.trap = None
-            third = await start_consumer(settings, "third")
-            async with running(third):
-                job = await wait_for_job(http, api.url, body["job_id"])
-                await third.wait_for_event("message.settled")
-        assert job["status"] == "succeeded", job
-        manifest, _ = await ManifestStore(store, layout).get(day)
-        assert manifest is not None
-        stored = {item.key async for item in store.list_objects(prefix)}
-        assert stored == {city.key for city in manifest.cities}, "older runs' objects were left"
+    clock = time.monotonic()
+    async with chaos_system(seed, moto, namespace) as chaos:
+        try:
+            chaos.world.poison = await publish_poison(amqp, chaos.settings)
+            await chaos.play()
+            await chaos.settle()
+            problems = await check(chaos, amqp)
+        except BaseException as error:
+            error.add_note(chaos.report())
+            raise
+        if problems:
+            days = [day for day in chaos.plan.days if any(str(day) in p for p in problems)]
+            stories = "\n".join(chaos.story(day) for day in days)
+            pytest.fail(
+                f"seed {seed}: {len(problems)} invariant(s) violated:\n  - "
+                + "\n  - ".join(problems)
+                + chaos.report()
+                + f"\nconsumer logs:\n{stories}",
+                pytrace=False,
+            )
+        log.info("chaos seed %d passed in %.1fs", seed, time.monotonic() - clock)
