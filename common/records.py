@@ -325,7 +325,8 @@ class ArrayDecoder:
             return False
         cut = self._buffer.rfind(b"}", max(0, len(self._buffer) - new))
         if 0 <= cut < self._max_item_bytes:
-            text = bytes(self._buffer[: cut + 1])
+            with memoryview(self._buffer) as view:
+                text = bytes(view[: cut + 1])
             self.bytes_examined += len(text)
             taken = fast(text)
             if taken is None:
@@ -339,7 +340,8 @@ class ArrayDecoder:
     def _scan_new(self, pieces: list[Piece[_T]]) -> None:
         """Scan the bytes not scanned yet; hand out the items they complete."""
         assert self._scan is not None  # noqa: S101 - only called while scanning
-        segment = bytes(self._buffer[self._scanned :])
+        with memoryview(self._buffer) as view:
+            segment = bytes(view[self._scanned :])
         if not segment:
             return
         self.bytes_examined += len(segment)

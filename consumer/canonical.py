@@ -71,19 +71,20 @@ class _Field:
         self.stored: dict[bytes, bytes] = {}
         self.value: dict[bytes, Any] = {}
 
-    def replace(self, tokens: list[bytes], start: int) -> bool:
-        """Put the stored form of every ``tokens[start::5]`` in its place; False if one fails."""
+    def replace(self, tokens: list[bytes], start: int) -> list[bytes] | None:
+        """Put the stored form of every ``tokens[start::5]`` in its place; the tokens that
+        were there, or None if one of them fails its check."""
         column = tokens[start::_FIELDS_A_RECORD]
         try:
             tokens[start::_FIELDS_A_RECORD] = map(self.stored.__getitem__, column)
         except KeyError:
             if not self._learn(column):
-                return False
+                return None
             try:
                 tokens[start::_FIELDS_A_RECORD] = map(self.stored.__getitem__, column)
             except KeyError:  # forgotten meanwhile (the memo was full)
-                return False
-        return True
+                return None
+        return column
 
     def _learn(self, column: list[bytes]) -> bool:
         distinct = set(column)
@@ -121,8 +122,6 @@ def rewrite(text: bytes, city_id: int) -> Lines | None:
     records, rest = divmod(len(tokens) - 1, _FIELDS_A_RECORD)
     if rest or not records or tokens[0] != _FIRST:
         return None
-    counts = tokens[3::_FIELDS_A_RECORD]
-    delays = tokens[4::_FIELDS_A_RECORD]
     flags = tokens[5::_FIELDS_A_RECORD]
     opening = b'{"city_id":' + orjson.dumps(city_id) + b',"departure_time'
     stored_flags = _stored_flags(opening)
@@ -130,12 +129,11 @@ def rewrite(text: bytes, city_id: int) -> Lines | None:
         tokens[5::_FIELDS_A_RECORD] = map(stored_flags.__getitem__, flags)
     except KeyError:
         return None
-    if not (
-        _TIME.replace(tokens, 1)
-        and _BUS.replace(tokens, 2)
-        and _PASSENGERS.replace(tokens, 3)
-        and _DELAY.replace(tokens, 4)
-    ):
+    counts = delays = None
+    if _TIME.replace(tokens, 1) and _BUS.replace(tokens, 2):
+        counts = _PASSENGERS.replace(tokens, 3)
+        delays = _DELAY.replace(tokens, 4) if counts is not None else None
+    if counts is None or delays is None:
         return None
     tokens[0] = opening
     try:
