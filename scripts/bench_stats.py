@@ -27,6 +27,7 @@ import importlib.util
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import statistics
@@ -238,12 +239,17 @@ def rows_from_city_sums(sums: Sequence[tuple[str, str, int, int, bool, float]]) 
 
 
 def child_json(argv: Sequence[str]) -> Any:
+    """The child's JSON answer, with ``cpu``: the CPU seconds it used (user + system)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
         [sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, check=False, timeout=1800
     )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise BenchError(f"{argv[1]} failed: {done.stderr.decode()[-2000:]}")
-    return json.loads(done.stdout.splitlines()[-1])
+    answer = json.loads(done.stdout.splitlines()[-1])
+    answer["cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return answer
 
 
 # --- the object path ------------------------------------------------------------------------
@@ -258,6 +264,7 @@ async def object_path(sizes: StatsSizes, result: StatsResult) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench-stats-", dir=BENCH_DIR))
     api_runs: list[tuple[float, float, float]] = []  # seconds, api cpu, moto cpu
     duck_runs: list[float] = []
+    duck_cpu: list[float] = []
     get_runs: list[float] = []
     health: list[float] = []
     try:
@@ -304,6 +311,7 @@ async def object_path(sizes: StatsSizes, result: StatsResult) -> None:
                     expected,
                 )
                 duck_runs.append(duck["seconds"][0])
+                duck_cpu.append(duck["cpu"])
                 get_runs.append(
                     await bare_gets(stack, [key for _, _, key, _ in files], GET_CONCURRENCY)
                 )
@@ -333,6 +341,7 @@ async def object_path(sizes: StatsSizes, result: StatsResult) -> None:
         stored=stored,
         api_runs=api_runs,
         duck_runs=duck_runs,
+        duck_cpu=duck_cpu,
         get_runs=get_runs,
         local=local,
         health=health,
@@ -390,6 +399,7 @@ def report_objects(
     stored: int,
     api_runs: list[tuple[float, float, float]],
     duck_runs: list[float],
+    duck_cpu: list[float],
     get_runs: list[float],
     local: Any,
     health: list[float],
@@ -430,7 +440,10 @@ def report_objects(
         "CPU seconds per API query: "
         + ", ".join(f"api {a:.1f} / moto {m:.1f}" for _, a, m in api_runs)
         + f" (over {', '.join(f2(s) for s, _, _ in api_runs)} s of wall time on "
-        f"{os.cpu_count()} CPUs).",
+        f"{os.cpu_count()} CPUs); per DuckDB run (its whole child process, start-up "
+        f"included): {', '.join(f'{c:.1f}' for c in duck_cpu)}. CPU-seconds per GB: API "
+        f"{statistics.median(a for _, a, _ in api_runs) / (stored / 1e9):.2f}, DuckDB "
+        f"{statistics.median(duck_cpu) / (stored / 1e9):.2f}.",
         f"/healthz during the object-path queries: {len(health)} requests, p50 "
         f"{ms(percentile(health, 0.5))} ms, p99 {ms(health_p99)} ms, max {ms(max(health))} ms.",
         f"20 concurrent verify queries over the same dates read {shared_ratio:.2f}x the "
@@ -609,6 +622,8 @@ class WideRun:
     cold: float
     warm: float
     health: list[float]
+    idle: list[float]
+    """/healthz latencies of the same process with no query running (the machine's floor)."""
 
 
 async def wide_query(stack: Stack, days: Sequence[date], expected: list[Any]) -> WideRun:
@@ -616,9 +631,14 @@ async def wide_query(stack: Stack, days: Sequence[date], expected: list[Any]) ->
         path = f"{url}/country-stats?from={days[0]}&to={days[-1]}"
         cold, body, _ = await timed_get(stack.session, path)
         check_rows("stats: wide cold", body["stats"], expected)
+        stop = asyncio.Event()
+        poller = asyncio.create_task(poll_health(stack.session, f"{url}/healthz", stop))
+        await asyncio.sleep(2.0)  # a fixed window of idle polling, not synchronisation
+        stop.set()
+        idle = await poller
         warm, body, health = await timed_get(stack.session, path, health=f"{url}/healthz")
         check_rows("stats: wide warm", body["stats"], expected)
-    return WideRun(cold, warm, health)
+    return WideRun(cold, warm, health, idle)
 
 
 def report_sums(
@@ -674,7 +694,9 @@ def report_sums(
         f"/healthz during the cold queries: p99 {ms(cold_p99)} ms, max {ms(max(health))} ms.",
         f"{len(days)} dates x {sizes.wide_cities} cities: cold {f2(wide.cold)} s, warm "
         f"{ms(wide.warm)} ms; /healthz during the warm one: {len(wide.health)} requests, p99 "
-        f"{ms(wide_p99)} ms, max {ms(max(wide.health))} ms.",
+        f"{ms(wide_p99)} ms, max {ms(max(wide.health))} ms; the same process idle, just "
+        f"before: {len(wide.idle)} requests, p99 {ms(percentile(wide.idle, 0.99))} ms, max "
+        f"{ms(max(wide.idle))} ms (the machine's floor: other work shares its 2 CPUs).",
     ]
     result.sections.append(section)
     result.targets += [
