@@ -10,21 +10,26 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import date
+from typing import TypeVar
 
 from aio_pika.exceptions import AMQPException
 from aiobotocore.session import get_session
 from aiormq.exceptions import AMQPError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from common.logs import configure_logging, get_logger
 from common.settings import Settings, load_settings
 from common.startup import FatalStartupError, describe, run_entry_point, where
-from common.storage import require_credentials
+from common.storage import require_credentials, s3_connect_state
 from consumer.backfill import backfill_sums
 from consumer.metrics import ConsumerMetrics, MetricsServer
 from consumer.replay import replay_dead_letters
 from consumer.sweep import sweep_dates
 from consumer.worker import Worker
+
+T = TypeVar("T")
 
 
 def parse_args() -> argparse.Namespace:
@@ -77,13 +82,19 @@ async def serve(settings: Settings) -> None:
         await worker.run(stop)
 
 
-async def replay(settings: Settings, limit: int | None) -> int:
-    """``replay-dead-letters``: a broker it cannot reach is one line and exit 1."""
+async def one_shot(settings: Settings, work: Callable[[], Awaitable[T]]) -> T:
+    """A one-off command (replay, sweep, backfill): no credentials, or a broker or S3 it
+    cannot reach, is one line naming what and where, and exit 1 (no retries: run it
+    again)."""
+    await require_credentials(get_session())
     try:
-        return await replay_dead_letters(settings, limit=limit)
-    except (OSError, TimeoutError, AMQPException, AMQPError) as error:
+        return await work()
+    except (BotoCoreError, ClientError) as error:
+        s3 = s3_connect_state(settings).url
+        raise FatalStartupError(f"S3 {s3} failed: {describe(error)}") from None
+    except (OSError, AMQPException, AMQPError) as error:  # TimeoutError is an OSError
         url = where(settings.amqp_url.get_secret_value())
-        raise FatalStartupError(f"broker {url} unreachable: {describe(error)}") from None
+        raise FatalStartupError(f"broker {url} failed: {describe(error)}") from None
 
 
 def main() -> None:
@@ -91,14 +102,20 @@ def main() -> None:
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     if args.command == "replay-dead-letters":
-        replayed = run_entry_point(replay(settings, args.limit))
+        replayed = run_entry_point(
+            one_shot(settings, lambda: replay_dead_letters(settings, limit=args.limit))
+        )
         get_logger("consumer").info("dead_letters.replayed", count=replayed)
         sys.exit(0)
     if args.command == "backfill-sums":
-        outcomes = asyncio.run(backfill_sums(settings, args.start, args.end))
+        outcomes = run_entry_point(
+            one_shot(settings, lambda: backfill_sums(settings, args.start, args.end))
+        )
         sys.exit(1 if any(item.outcome in {"changed", "unreadable"} for item in outcomes) else 0)
     if args.command == "sweep":
-        counts = asyncio.run(sweep_dates(settings, args.start, args.end))
+        counts = run_entry_point(
+            one_shot(settings, lambda: sweep_dates(settings, args.start, args.end))
+        )
         get_logger("consumer").info("sweep.finished", **counts)
         sys.exit(0)
     run_entry_point(serve(settings))

@@ -417,7 +417,12 @@ def stop_mid_job(stack: Stack, report: Report, graceful: list[date], killed: lis
         jobs = stack.post_dates(killed)
         state = stack.wait_mid_job(jobs)
         victim = stack.busy_consumer()
-        subprocess.run(["docker", "kill", "--signal", "KILL", victim], check=True, timeout=60)
+        subprocess.run(
+            ["docker", "kill", "--signal", "KILL", victim],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         detail.append(f"killed {victim[:12]} ({state['date']} at {state['cities_done']} cities)")
         detail.append(stack.wait_succeeded(jobs))
         detail.append(stack.check_stats(killed))

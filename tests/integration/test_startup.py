@@ -217,7 +217,9 @@ async def test_every_api_line_is_json_with_the_port_bound(
         await api.wait_for_event("api.started")
     port = url.rsplit(":", 1)[1]
     hypercorn = [line for line in api.lines if line.get("logger") == "hypercorn.error"]
-    assert any(f"127.0.0.1:{port}" in line["event"] for line in hypercorn), api.lines
+    running_on = [line["event"] for line in hypercorn if "Running on" in line["event"]]
+    assert len(running_on) == 1, api.lines  # once, not also through a second handler
+    assert f"127.0.0.1:{port}" in running_on[0]
     assert [line for line in api.lines if line.get("event") == "raw"] == []
 
 
@@ -255,3 +257,11 @@ async def test_two_consumers_with_the_default_metrics_port_start_side_by_side(
             assert await get(http, f"http://127.0.0.1:{port}/healthz") == (200, {"status": "ok"})
     for consumer in consumers:
         assert [line for line in consumer.lines if line.get("event") == "raw"] == []
+
+
+async def test_a_one_off_command_without_its_broker_is_one_line(settings: Settings) -> None:
+    env = environment(settings, BUSSTATS_AMQP_URL=f"amqp://app:hunter2@127.0.0.1:{closed_port()}/")
+    status, _, err, _ = await run_to_exit("consumer", env, "replay-dead-letters")
+    assert status == 1
+    assert_one_line(err, "bus-stats: cannot start: broker amqp://127.0.0.1:")
+    assert "hunter2" not in err
