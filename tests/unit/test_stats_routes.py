@@ -165,7 +165,7 @@ async def test_json_csv_and_a_country_filter_answer_the_same_rows(
         assert response.headers["Content-Disposition"] == (
             'attachment; filename="country-stats_2024-02-29_2024-03-01.csv"'
         )
-        text = (await response.get_data()).decode()
+        text = await response.get_data(as_text=True)
         rows = list(csv.reader(io.StringIO(text)))
         assert rows[0] == [
             "date",
@@ -182,7 +182,7 @@ async def test_json_csv_and_a_country_filter_answer_the_same_rows(
     spain = await client.get(query + "&country=Spain")
     assert [row["country"] for row in (await spain.get_json())["stats"]] == ["Spain"]
     nobody = await client.get(query + "&country=Narnia&format=csv")
-    assert (await nobody.get_data()).decode().splitlines() == [
+    assert (await nobody.get_data(as_text=True)).splitlines() == [
         "date,country,buses_started,passengers,accident,average_delay_seconds"
     ]
 
