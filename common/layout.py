@@ -123,12 +123,6 @@ class Layout:
     def partials_root(self) -> str:
         return f"{self.prefix}partials/"
 
-    def partials_of_job(self, job_data: str) -> str:
-        """The partials folder mirroring a job's data folder."""
-        if not job_data.startswith(self.data_root):
-            raise ValueError(f"not a data folder: {job_data[:80]!r}")
-        return self.partials_root + job_data.removeprefix(self.data_root)
-
     def partial_date(self, key: str) -> date | None:
         """The date of any key under ``partials/``."""
         match = re.match(r"date=(\d{4}-\d{2}-\d{2})/", key.removeprefix(self.partials_root))
@@ -138,23 +132,6 @@ class Layout:
             return date.fromisoformat(match[1])
         except ValueError:
             return None
-
-    def summary_run(self, key: str) -> str | None:
-        """The run id of a date summary key (``.../run=<id>/date.<etag>.json``), else None."""
-        match = re.fullmatch(
-            r"date=\d{4}-\d{2}-\d{2}/run=([0-9a-f]{32})/date\.[0-9A-Za-z-]*\.json",
-            key.removeprefix(self.partials_root),
-        )
-        return None if match is None or not key.startswith(self.partials_root) else match[1]
-
-    def data_key_of_partial(self, key: str) -> str | None:
-        """The data object a partial sidecar (``<data key>.<etag>.json``) was made from."""
-        if not key.startswith(self.partials_root) or not key.endswith(".json"):
-            return None
-        stem, dot, _etag = (
-            key.removeprefix(self.partials_root).removesuffix(".json").rpartition(".")
-        )
-        return f"{self.data_root}{stem}.jsonl" if dot else None
 
     def date_partials(self, day: date) -> str:
         """The folder holding every cached partial of a date (for cleanup)."""

@@ -12,8 +12,8 @@ ended (``succeeded`` or ``failed``): an ended job never runs again, so nothing i
 outside a committed manifest can be needed. A job that is queued or running keeps
 everything (it may resume), whatever its age: no clock ever decides what is deleted.
 
-Multipart uploads follow the same rules as objects. Partial-sum sidecars follow their
-data object; a date summary is kept only for the committed run.
+Multipart uploads follow the same rules as objects. Partial-sum sidecars (``partials/``)
+were written by earlier versions only and are read by nothing now: a sweep deletes them.
 """
 
 from dataclasses import asdict, dataclass, field
@@ -109,12 +109,7 @@ class Sweeper:
         uploads = await self._store.pending_uploads(prefix)
         for upload in uploads:
             await self._store.abort_upload(upload.key, upload.upload_id)
-        partials = [
-            item.key
-            async for item in self._store.list_objects(self._layout.partials_of_job(prefix))
-        ]
-        await self._store.delete(partials)
-        return SweepCounts(objects=len(keys), partials=len(partials), uploads=len(uploads))
+        return SweepCounts(objects=len(keys), uploads=len(uploads))
 
     async def _sweep(
         self, day: date, committed: Manifest | None, *, check_jobs: bool
@@ -146,11 +141,8 @@ class Sweeper:
                 await store.abort_upload(upload.key, upload.upload_id)
                 counts.uploads += 1
 
-        partials = [
-            item.key
-            async for item in store.list_objects(layout.date_partials(day))
-            if await self._partial_may_go(item.key, committed, keep, owners)
-        ]
+        # Sums sidecars of earlier versions: nothing reads them any more.
+        partials = [item.key async for item in store.list_objects(layout.date_partials(day))]
         await store.delete(partials)
         counts.partials = len(partials)
         log.info(
@@ -163,18 +155,6 @@ class Sweeper:
             kept=counts.kept,
         )
         return counts
-
-    async def _partial_may_go(
-        self, key: str, committed: Manifest | None, keep: set[str], owners: _Owners
-    ) -> bool:
-        summary_run = self._layout.summary_run(key)
-        if summary_run is not None:
-            return committed is None or summary_run != committed.run_id
-        data_key = self._layout.data_key_of_partial(key)
-        if data_key is None or data_key in keep:
-            return False
-        owner = self._layout.parse_data_key(data_key)
-        return owner is not None and await owners.may_delete(owner)
 
 
 async def sweep_dates(settings: Settings, start: date | None, end: date | None) -> dict[str, int]:

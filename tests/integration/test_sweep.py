@@ -83,6 +83,8 @@ async def test_a_commit_sweeps_its_generation_and_older_but_never_a_newer_claim(
     other_date = await write_city(store, 1, 1, OTHER_DAY)
     older_upload = await start_upload(store, 1, 5)
     newer_upload = await start_upload(store, 3, 5)
+    sidecar = LAYOUT.partial(legacy, '"e"')  # an earlier version's cached sums
+    await store.put(sidecar, b"{}")
     manifest = await commit(store, 2, [kept])
 
     counts = await Sweeper(store, LAYOUT).after_commit(manifest)
@@ -95,6 +97,7 @@ async def test_a_commit_sweeps_its_generation_and_older_but_never_a_newer_claim(
     assert await uploads(store) == {newer_upload}
     assert older_upload not in await uploads(store)
     assert counts.uploads == 1
+    assert [item.key async for item in store.list_objects(LAYOUT.partials_root)] == []
 
 
 async def test_the_final_sweep_keeps_active_jobs_whatever_their_age(store: S3Store) -> None:

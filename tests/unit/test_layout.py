@@ -213,14 +213,9 @@ def test_parse_data_key_refuses_other_keys(key: str) -> None:
     assert Layout("p/").parse_data_key(key) is None
 
 
-def test_partials_map_back_to_their_data_object() -> None:
+def test_partial_keys_name_their_date() -> None:
     layout = Layout("p/")
     data_key = layout.city_object(DAY, GEN, JOB, RUN, 3)
-    assert layout.data_key_of_partial(layout.partial(data_key, '"abc-2"')) == data_key
-    summary = layout.date_summary(DAY, RUN, '"e-1"')
-    assert layout.summary_run(summary) == RUN
-    assert layout.summary_run(layout.partial(data_key, '"e"')) is None
-    assert layout.partial_date(summary) == DAY
-    assert layout.partials_of_job(layout.job_data(DAY, GEN, JOB)) == (
-        f"p/partials/date=2024-01-01/gen={GEN}/job={JOB}/"
-    )
+    assert layout.partial_date(layout.partial(data_key, '"e"')) == DAY
+    assert layout.partial_date(layout.date_summary(DAY, RUN, '"e-1"')) == DAY
+    assert layout.partial_date(f"p/data/date={DAY}/x") is None
