@@ -234,9 +234,25 @@ async def check_served(
             problems.append(
                 f"/country-stats {start}..{end}: missing_dates {body['missing_dates']} != {missing}"
             )
-        if verify and (body.get("verify") or {}).get("status") != "ok":
-            problems.append(f"/country-stats {start}..{end} verify=true: {body.get('verify')}")
+        if body.get("unreadable_dates"):
+            problems.append(f"/country-stats {start}..{end}: unreadable {body['unreadable_dates']}")
+        if verify:
+            problems += _verified(body.get("verify"), f"{start}..{end}", len(inside))
     return problems
+
+
+def _verified(found: Any, where: str, dates: int) -> list[str]:
+    """``verify=true``: every committed date's stored sums equal its objects' records."""
+    if not isinstance(found, dict):
+        return [f"/country-stats {where} verify=true answered no verification: {found}"]
+    if (
+        found.get("status") != "ok"
+        or found.get("mismatches")
+        or found.get("dates_without_sums")
+        or found.get("dates_verified") != dates
+    ):
+        return [f"/country-stats {where} verify=true: {found}"]
+    return []
 
 
 async def check_objects(world: World) -> list[str]:

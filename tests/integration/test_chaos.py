@@ -376,7 +376,8 @@ class Chaos:
         expected = await self.world.oracle.rows(served)
         if body["stats"] != expected:
             self.violations.append(f"read {query} served figures that differ from the oracle")
-        return f"{query}: 200, {len(served)} date(s) committed"
+        unreadable = body.get("unreadable_dates") or []
+        return f"{query}: 200, {len(served)} date(s) served, unreadable {unreadable}"
 
     async def play(self) -> None:
         actions: dict[str, Callable[[Step], Coroutine[Any, Any, str]]] = {
@@ -493,6 +494,7 @@ async def check(chaos: Chaos, amqp: AbstractRobustConnection) -> list[str]:
     problems += invariants.check_job_states(world, jobs, reached)
     problems += await invariants.check_dates(world, jobs)
     problems += await invariants.check_served(http, world)
+    problems += await invariants.check_served(http, world, verify=True)
     problems += await invariants.check_objects(world)
     for day in world.days:
         latest, _ = await world.jobs.latest(day)

@@ -257,9 +257,11 @@ async def test_a_force_while_a_job_runs_leaves_the_date_whole_20_times(
     assert broken == {}, f"{len(broken)} of {len(RACE_DAYS)} dates broken: {broken}"
 
 
+# One city at a time (city_concurrency=1), about 10 s a job: the older job still runs
+# when the second consumer, started after it, is ready to take the forced one.
 SKEW: Final = SimulatorConfig(
     seed=41, cities=6, countries=2, records_min=100, records_max=500,
-    latency_min=2.0, latency_max=3.0,
+    latency_min=1.5, latency_max=2.0,
 )  # fmt: skip
 SKEW_DAYS: Final = [date(2024, 7, 1), date(2024, 7, 2)]
 
@@ -280,7 +282,9 @@ async def test_clocks_an_hour_apart_never_decide_which_run_wins(
     async with (
         serve(SKEW) as simulator,
         open_store(
-            settings := race_settings(moto, namespace, simulator.url, job_concurrency=1)
+            settings := race_settings(
+                moto, namespace, simulator.url, job_concurrency=1, city_concurrency=1
+            )
         ) as store,
     ):
         api = await start_api(settings)
