@@ -128,7 +128,11 @@ class JobPublisher:
             raise PublishError(f"not connected: {self.state.summary()}")
         if self._connection is None or self._connection.is_closed:
             raise PublishError("broker connection is closed")
-        if self._channel is None or self._channel.is_closed:
+        # A robust connection is never "closed" by an outage: it reconnects, and says so
+        # by clearing its `connected` event meanwhile.
+        if not self._connection.connected.is_set() or (
+            self._channel is None or self._channel.is_closed
+        ):
             raise PublishError("broker connection lost; reconnecting")
 
     async def publish(self, job: JobMessage) -> None:
