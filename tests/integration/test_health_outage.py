@@ -21,7 +21,7 @@ from tests.integration.services import environment, running, start
 
 pytestmark = pytest.mark.integration
 
-DEADLINE = 60.0
+DEADLINE = 30.0  # an orchestrator notices within ~15 s (5 s interval, 3 retries)
 
 
 class Proxy:
