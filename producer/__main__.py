@@ -72,7 +72,8 @@ async def run(settings: Settings, host: str, port: int) -> None:
     await require_credentials(get_session())
     sock = listen(host, port)
     bound_port: int = sock.getsockname()[1]
-    log.info("api.listening", host=host, port=bound_port, url=f"http://{host}:{bound_port}")
+    url_host = f"[{host}]" if ":" in host else host
+    log.info("api.listening", host=host, port=bound_port, url=f"http://{url_host}:{bound_port}")
 
     config = Config()
     # Hypercorn serves the socket bound above (it owns the descriptor from here on).
