@@ -328,22 +328,7 @@ class S3Writer:
 @contextlib.asynccontextmanager
 async def open_store(settings: Settings, *, max_connections: int = 32) -> AsyncIterator[S3Store]:
     """One S3 client for the process, with its bucket ensured; closed on exit."""
-    config = AioConfig(
-        max_pool_connections=max_connections,
-        retries={"mode": "standard", "max_attempts": 5},
-        connect_timeout=settings.connect_timeout_seconds,
-        read_timeout=60,
-    )
-    session = get_session()
-    async with session.create_client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url,
-        region_name=settings.aws_default_region,
-        config=config,
-    ) as client:
-        store = S3Store(
-            client, settings.s3_bucket, PartBudget(settings.part_slots), settings.part_size_bytes
-        )
+    async with connect_store(settings, max_connections=max_connections) as store:
         await store.ensure_bucket()
         yield store
 

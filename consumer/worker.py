@@ -78,7 +78,14 @@ class Worker:
     def is_connected(self) -> bool:
         """Whether the broker connection is open now (the consumer's health)."""
         connection = self._connection
-        return self.ready.is_set() and connection is not None and not connection.is_closed
+        # A robust connection is ``is_closed`` only once closed on purpose; while the broker
+        # is away it is not ``connected``.
+        return (
+            self.ready.is_set()
+            and connection is not None
+            and not connection.is_closed
+            and connection.connected.is_set()
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then shut down in two phases."""

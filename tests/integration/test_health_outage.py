@@ -117,12 +117,6 @@ async def test_api_is_not_ready_while_the_broker_is_gone(
         await wait_for_status(http, readyz, 200)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="consumer/worker.py Worker.is_connected() tests connection.is_closed, which a "
-    "robust connection sets only on close(), never on an outage: it should test "
-    "connection.connected.is_set() (strict: remove this mark with that fix)",
-)
 async def test_consumer_is_unhealthy_while_the_broker_is_gone(
     settings: Settings, amqp: AbstractRobustConnection, proxy: Proxy
 ) -> None:
