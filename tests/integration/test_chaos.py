@@ -100,10 +100,14 @@ def seeds() -> list[int]:
 
 
 def simulator_config(seed: int) -> SimulatorConfig:
-    """Deterministic data; cities of 1,000..40,000 records (some exceed one 5 MiB part)."""
+    """Deterministic data; cities of 3,000..70,000 records (about half exceed one 5 MiB part).
+
+    With 0.5..2.5 s per request and three cities at a time (:func:`chaos_settings`), a
+    job lasts several seconds: the schedule's faults meet work in flight.
+    """
     return SimulatorConfig(
-        seed=seed, cities=5, countries=3, records_min=1_000, records_max=40_000,
-        latency_min=0.2, latency_max=1.5, hang_seconds=30,
+        seed=seed, cities=6, countries=3, records_min=3_000, records_max=70_000,
+        latency_min=0.5, latency_max=2.5, hang_seconds=30,
     )  # fmt: skip
 
 
@@ -285,7 +289,7 @@ class Chaos:
         assert step.day is not None
         seen = "never running"
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(4):
+            async with asyncio.timeout(8):
                 while True:
                     latest, _ = await self.world.jobs.latest(step.day)
                     if latest is not None and latest.status == "running":
@@ -300,34 +304,56 @@ class Chaos:
         if task is not None:
             await task
 
+    async def _reap(self) -> None:
+        """Forget the slots whose consumer has started (re-raising a start that failed)."""
+        for slot, task in list(self.starting.items()):
+            if task.done():
+                await self._started(slot)
+
+    async def _victim(self, step: Step) -> Service:
+        """The consumer to stop: the busiest running one, else the step's slot's.
+
+        Faults are meant to hit work in flight; which slot holds it depends on how the run
+        went, so the planned slot is only the fallback.
+        """
+        await self._reap()
+        up = {n: service for n, service in enumerate(self.slots) if service is not None}
+        if not up:  # every consumer still starting: wait for them
+            for slot in list(self.starting):
+                await self._started(slot)
+            up = {n: service for n, service in enumerate(self.slots) if service is not None}
+        busiest = max(up, key=lambda n: running_jobs(up[n]))
+        if running_jobs(up[busiest]) > 0:
+            slot = busiest
+        else:
+            slot = step.slot if step.slot in up else min(up)
+        self.slots[slot] = None
+        return up[slot]
+
     async def kill(self, step: Step) -> str:
-        assert step.slot is not None
-        await self._started(step.slot)
-        victim = self.slots[step.slot]
-        assert victim is not None, step
-        self.slots[step.slot] = None
+        victim = await self._victim(step)
         victim.kill()
         code = await victim.stop()
         self.retired.append(victim)
         return f"SIGKILL {victim.name} ({running_jobs(victim)} job(s) running), exit {code}"
 
     async def term(self, step: Step) -> str:
-        assert step.slot is not None
-        await self._started(step.slot)
-        victim = self.slots[step.slot]
-        assert victim is not None, step
-        self.slots[step.slot] = None
+        victim = await self._victim(step)
         self.retired.append(victim)
         jobs = running_jobs(victim)
         self.stopping.append(asyncio.create_task(victim.stop(grace=60)))
         return f"SIGTERM {victim.name} ({jobs} job(s) running)"
 
     async def restart(self, step: Step) -> str:
-        """Start a consumer in the slot; the schedule goes on while it starts."""
-        assert step.slot is not None
+        """Start a consumer in an empty slot; the schedule goes on while it starts."""
         assert isinstance(step.value, str)
-        self.starting[step.slot] = asyncio.create_task(self.start_slot(step.slot, step.value))
-        return f"starting a consumer, clock {step.value or 'true'}"
+        await self._reap()
+        empty = [
+            n for n, service in enumerate(self.slots) if service is None and n not in self.starting
+        ]
+        slot = step.slot if step.slot in empty else empty[0]
+        self.starting[slot] = asyncio.create_task(self.start_slot(slot, step.value))
+        return f"starting a consumer in slot {slot}, clock {step.value or 'true'}"
 
     async def drop(self, step: Step) -> str:
         return f"broker closed {await close_connections(self.settings.namespace)} connection(s)"
@@ -421,9 +447,8 @@ class Chaos:
 def running_jobs(service: Service) -> int:
     """Jobs a consumer started and has not finished, as its own log tells (for the report)."""
     events = [line.get("event") for line in service.lines]
-    return events.count("job.started") - sum(
-        events.count(e) for e in ("job.succeeded", "job.attempt_failed", "job.superseded")
-    )
+    ended = ("job.succeeded", "job.attempt_failed", "job.superseded", "job.interrupted")
+    return events.count("job.started") - sum(events.count(event) for event in ended)
 
 
 async def publish_poison(amqp: AbstractRobustConnection, settings: Settings) -> int:
@@ -443,6 +468,7 @@ def chaos_settings(moto: RestartableMoto, namespace: str, reference_url: str) ->
         namespace,
         reference_url=reference_url,
         read_timeout_seconds=1.0,
+        city_concurrency=3,
         part_size_bytes=5 * MIB,
         memory_budget_bytes=20 * MIB,
         shutdown_grace_seconds=2.0,
