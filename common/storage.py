@@ -233,7 +233,8 @@ class S3Writer:
         self._store = store
         self.key = key
         self._content_type = content_type
-        self._buffer = bytearray()
+        self._chunks: list[bytes] = []  # joined once per part: one copy, no reallocations
+        self._buffered = 0
         self._holding_slot = False
         self._upload_id: str | None = None
         self._parts: list[CompletedPartTypeDef] = []
@@ -269,9 +270,10 @@ class S3Writer:
         if not self._holding_slot:
             await self._store.budget.acquire()
             self._holding_slot = True
-        self._buffer += data
+        self._chunks.append(data)
+        self._buffered += len(data)
         self.bytes_written += len(data)
-        if len(self._buffer) >= self._store.part_size:
+        if self._buffered >= self._store.part_size:
             await self._send_part()
 
     async def _send_part(self) -> None:
@@ -282,8 +284,8 @@ class S3Writer:
             )
             self._upload_id = created["UploadId"]
         # A file object is sent in chunks (raw bytes would go to the socket in one write);
-        # the buffer is released as soon as it is copied into it.
-        body, self._buffer = io.BytesIO(self._buffer), bytearray()
+        # BytesIO shares the joined bytes' memory (no copy until written to).
+        body = io.BytesIO(self._take())
         number = len(self._parts) + 1
         sent = await client.upload_part(
             Bucket=bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=body
@@ -296,11 +298,10 @@ class S3Writer:
         client, bucket = self._store.client, self._store.bucket
         if self._upload_id is None:
             etag = await self._store.put(
-                self.key, bytes(self._buffer), content_type=self._content_type
+                self.key, self._take(), content_type=self._content_type
             )
-            self._buffer = bytearray()
             return WrittenObject(key=self.key, etag=etag, size=self.bytes_written)
-        if self._buffer:
+        if self._buffered:
             await self._send_part()
         completed = await client.complete_multipart_upload(
             Bucket=bucket,
@@ -312,12 +313,18 @@ class S3Writer:
 
     async def _abort(self) -> None:
         """Best effort: an upload left behind is found by the next sweep of its date."""
-        self._buffer = bytearray()
+        self._chunks, self._buffered = [], 0
         if self._upload_id is not None:
             try:
                 await self._store.abort_upload(self.key, self._upload_id)
             except Exception as error:  # noqa: BLE001 - must not hide the error that led here
                 log.warning("upload.abort_failed", key=self.key, error=repr(error))
+
+    def _take(self) -> bytes:
+        """The buffered bytes, as one object; the buffer is empty afterwards."""
+        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks, self._buffered = [], 0
+        return data
 
     def _release(self) -> None:
         if self._holding_slot:

@@ -49,13 +49,15 @@ async def copy_city(
     upload = await client.create_multipart_upload(Bucket=args.bucket, Key=key)
     upload_id = upload["UploadId"]
     parts: list[CompletedPartTypeDef] = []
-    buffer = bytearray()
+    chunks: list[bytes] = []
+    buffered = 0
     size = 0
     holding = False
 
     async def send() -> None:
-        nonlocal buffer, holding
-        body, buffer = io.BytesIO(buffer), bytearray()  # as the consumer's S3 writer sends it
+        nonlocal chunks, buffered, holding
+        body = io.BytesIO(b"".join(chunks))  # as the consumer's S3 writer sends a part
+        chunks, buffered = [], 0
         number = len(parts) + 1
         sent = await client.upload_part(
             Bucket=args.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
@@ -71,9 +73,10 @@ async def copy_city(
             if not holding:
                 await slots.acquire()
                 holding = True
-            buffer += chunk
+            chunks.append(chunk)
+            buffered += len(chunk)
             size += len(chunk)
-            if len(buffer) >= args.part_size:
+            if buffered >= args.part_size:
                 await send()
     await send()
     await client.complete_multipart_upload(
