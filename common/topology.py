@@ -16,6 +16,8 @@ from typing import Any, Final
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
+from common.messages import CONTENT_TYPE, MESSAGE_TYPE, JobMessage
+
 ROUTING_KEY: Final = "job"
 # The queue's own delivery limit is the consumers' (``delivery_limit``) plus this margin:
 # the consumers end a job whose deliveries are spent themselves (state saved, reason
@@ -88,3 +90,17 @@ async def delete_topology(channel: AbstractChannel, namespace: str) -> None:
         await channel.queue_delete(queue)
     for exchange in (names.exchange, names.dead_letter_exchange):
         await channel.exchange_delete(exchange)
+
+
+def job_message(job: JobMessage, *, app_id: str, **headers: Any) -> aio_pika.Message:
+    """The persistent AMQP message of a job: its id as ``message_id``, ``date`` and
+    ``force`` as headers (shown by the admin UI), plus ``headers``."""
+    return aio_pika.Message(
+        body=job.encode(),
+        content_type=CONTENT_TYPE,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=job.job_id,
+        type=MESSAGE_TYPE,
+        app_id=app_id,
+        headers={"date": job.date.isoformat(), "force": job.force, **headers},
+    )

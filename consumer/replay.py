@@ -17,8 +17,6 @@ from common.jobs import JobStore
 from common.layout import Layout
 from common.logs import get_logger
 from common.messages import (
-    CONTENT_TYPE,
-    MESSAGE_TYPE,
     JobMessage,
     UndecodableMessageError,
     decode_job,
@@ -26,7 +24,7 @@ from common.messages import (
 from common.models import JobState
 from common.settings import Settings
 from common.storage import open_store
-from common.topology import ROUTING_KEY, declare_topology
+from common.topology import ROUTING_KEY, declare_topology, job_message
 
 log = get_logger(__name__)
 APP_ID = "bus-stats-replay"
@@ -70,19 +68,7 @@ async def replay_dead_letters(settings: Settings, *, limit: int | None = None) -
                 job = await jobs.claim(JobState.queued(uuid.uuid4().hex, dead.date, force=True))
                 replay = JobMessage(job_id=job.job_id, date=job.date, force=True)
                 await topology.exchange.publish(
-                    aio_pika.Message(
-                        body=replay.encode(),
-                        content_type=CONTENT_TYPE,
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        message_id=job.job_id,
-                        type=MESSAGE_TYPE,
-                        app_id=APP_ID,
-                        headers={
-                            "date": job.date.isoformat(),
-                            "force": True,
-                            "replay_of": dead.job_id,
-                        },
-                    ),
+                    job_message(replay, app_id=APP_ID, replay_of=dead.job_id),
                     routing_key=ROUTING_KEY,
                 )
                 await message.ack()

@@ -17,10 +17,10 @@ from aiormq.exceptions import AMQPError, DeliveryError
 from prometheus_client import Histogram
 
 from common.logs import get_logger
-from common.messages import CONTENT_TYPE, MESSAGE_TYPE, JobMessage
+from common.messages import JobMessage
 from common.settings import Settings
 from common.startup import Backoff, ConnectState, retry_until_up, where
-from common.topology import ROUTING_KEY, Topology, declare_topology
+from common.topology import ROUTING_KEY, Topology, declare_topology, job_message
 
 RECONNECT_SECONDS: Final = 1.0  # how soon a lost broker connection is retried
 APP_ID: Final = "bus-stats-api"
@@ -138,15 +138,7 @@ class JobPublisher:
     async def publish(self, job: JobMessage) -> None:
         """Return only once the broker confirmed the persistent message."""
         topology = await self._ready_topology()
-        message = aio_pika.Message(
-            body=job.encode(),
-            content_type=CONTENT_TYPE,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=job.job_id,
-            type=MESSAGE_TYPE,
-            app_id=APP_ID,
-            headers={"date": job.date.isoformat(), "force": job.force, "attempt": 0},
-        )
+        message = job_message(job, app_id=APP_ID)
         clock = time.monotonic()
         try:
             async with asyncio.timeout(self._settings.publish_timeout_seconds):
