@@ -68,6 +68,8 @@ class World:
     """Every job id the API ever answered with."""
     poison: int = 0
     """Messages published that no consumer can decode (they have no job)."""
+    dead_jobs: list[str] = field(default_factory=list)
+    """The jobs found dead-lettered (filled by :func:`check_dead_letters`)."""
 
     @property
     def layout(self) -> Layout:
@@ -353,6 +355,7 @@ async def check_dead_letters(
         except (UndecodableMessageError, ValidationError):
             poison += 1
             continue
+        world.dead_jobs.append(job_id)
         job = jobs.get(job_id)
         if job is None or job.status != "failed" or not job.error:
             problems.append(

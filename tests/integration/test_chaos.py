@@ -531,6 +531,7 @@ async def check(chaos: Chaos, amqp: AbstractRobustConnection) -> list[str]:
     await chaos.stop_consumers()
     problems += await invariants.check_queue_empty(world)
     problems += await invariants.check_dead_letters(world, amqp, jobs)
+    chaos.note(f"dead-lettered jobs: {world.dead_jobs}, undecodable: {world.poison}")
     chaos.note("sweep: " + (await invariants.sweep(world)).strip().replace("\n", " | ")[-300:])
     problems += await invariants.check_leftovers(world)
     problems += await invariants.check_objects(world)
