@@ -24,6 +24,21 @@ class JobStore:
         stored = await self._store.get(key)
         return None if stored is None else JobState.model_validate_json(stored.body)
 
+    async def get_with_age(self, job_id: str) -> tuple[JobState | None, timedelta | None]:
+        """The job and how long ago its state was last written, by S3's clock alone.
+
+        A running job's state is rewritten at every heartbeat, so this is the age of its
+        heartbeat, whatever the clocks of the consumer and of this process say.
+        """
+        try:
+            key = self._layout.job(job_id)
+        except ValueError:
+            return None, None
+        stored = await self._store.get(key)
+        if stored is None:
+            return None, None
+        return JobState.model_validate_json(stored.body), stored.age
+
     async def save(self, job: JobState) -> None:
         await self._store.put(self._layout.job(job.job_id), job.model_dump_json().encode())
 

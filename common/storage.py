@@ -12,7 +12,8 @@ import contextlib
 import io
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self
 
@@ -26,10 +27,14 @@ from common.startup import Backoff, ConnectState, FatalStartupError, retry_until
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
-    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef, PutObjectRequestTypeDef
+    from types_aiobotocore_s3.type_defs import (
+        CompletedPartTypeDef,
+        GetObjectOutputTypeDef,
+        PutObjectRequestTypeDef,
+    )
 else:
     S3Client = object
-    CompletedPartTypeDef = PutObjectRequestTypeDef = dict
+    CompletedPartTypeDef = GetObjectOutputTypeDef = PutObjectRequestTypeDef = dict
 
 log = get_logger(__name__)
 _DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
@@ -43,6 +48,10 @@ class WriteConflictError(Exception):
 class StoredObject:
     body: bytes
     etag: str
+    age: timedelta | None = None
+    """How long ago the object was written, by S3's clock alone: the response's ``Date``
+    minus the object's ``LastModified`` (both the server's, one-second resolution).
+    ``None`` when the server did not say. Never compared with a process's clock."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,19 @@ class ObjectStore(KeyValueStore, Protocol):
     def writer(self, key: str, content_type: str) -> "S3Writer": ...
 
 
+def _server_age(response: "GetObjectOutputTypeDef") -> timedelta | None:
+    """``Date`` - ``LastModified`` of a GET's answer: an age measured on S3's clock only."""
+    date_header = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    modified = response.get("LastModified")
+    if not date_header or modified is None:
+        return None
+    try:
+        now = parsedate_to_datetime(date_header)
+    except (TypeError, ValueError):
+        return None
+    return max(timedelta(0), now - modified)
+
+
 def _error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
@@ -143,7 +165,7 @@ class S3Store:
             return None
         async with response["Body"] as stream:
             body = await stream.read()
-        return StoredObject(body=body, etag=response["ETag"])
+        return StoredObject(body=body, etag=response["ETag"], age=_server_age(response))
 
     async def put(
         self,
@@ -297,9 +319,7 @@ class S3Writer:
     async def _complete(self) -> WrittenObject:
         client, bucket = self._store.client, self._store.bucket
         if self._upload_id is None:
-            etag = await self._store.put(
-                self.key, self._take(), content_type=self._content_type
-            )
+            etag = await self._store.put(self.key, self._take(), content_type=self._content_type)
             return WrittenObject(key=self.key, etag=etag, size=self.bytes_written)
         if self._buffered:
             await self._send_part()

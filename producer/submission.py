@@ -25,15 +25,16 @@ class Submission:
     created: bool
 
 
-def is_stuck(job: JobState, stale_after: timedelta) -> bool:
+def is_stuck(job: JobState, heartbeat_age: timedelta | None, stale_after: timedelta) -> bool:
     """A running job whose heartbeat stopped: its consumer died or hangs.
 
-    The heartbeat (``updated_at``) is written by the consumer's clock and read against
-    this process's: skew between them only makes a new job come a little early or late.
-    It never decides which data wins (the claim's generation does), so a new job here is
-    always safe.
+    ``heartbeat_age`` is how long ago the job's state was last written, measured on S3's
+    clock alone (its answer's ``Date`` minus the object's ``LastModified``): the clocks of
+    the consumer and of this process play no part. Where S3 does not say, the job is not
+    taken for stuck (``force`` still frees it). Either way a new job is always safe: which
+    data wins is decided by the claim's generation.
     """
-    return job.status == "running" and utc_now() - job.updated_at > stale_after
+    return job.status == "running" and heartbeat_age is not None and heartbeat_age > stale_after
 
 
 async def submit(
@@ -58,12 +59,12 @@ async def submit(
     """
     for _ in range(_POINTER_RACES):
         pointer, etag = await jobs.claim_of(day)
-        current = None if pointer is None else await jobs.get(pointer.job_id)
+        current, age = (None, None) if pointer is None else await jobs.get_with_age(pointer.job_id)
         if (
             current is not None
             and not force
             and current.status in _REUSED_STATUSES
-            and not is_stuck(current, stale_after)
+            and not is_stuck(current, age, stale_after)
         ):
             return Submission(job=current, created=False)
         generation = (pointer.generation if pointer is not None else 0) + 1
