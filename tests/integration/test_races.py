@@ -17,8 +17,8 @@ and the mechanisms behind them: a redelivered job resumes (keeps its complete ci
 fetches only the missing ones), a running job beats while no city completes, and a plain
 POST replaces a job whose heartbeat stopped, and never a live job whose consumer's clock
 is behind (the heartbeat's age is read on S3's clock alone). Two windows the old chaos
-suite hit now and then close the file: the broker lost between the commit and the job's final save, and a
-consumer killed while it sweeps.
+suite hit now and then close the file: the broker lost between the commit and the job's
+final save, and a consumer killed while it sweeps.
 
 Job states are read as JSON from the bucket, not through the models, so that this file
 also runs against older code (to show which of these failed there).
