@@ -59,6 +59,10 @@ class JobStore:
             return None, etag
         return await self.get(pointer.job_id), etag
 
+    async def discard(self, job: JobState) -> None:
+        """Delete the state of a job that never became a claim (it lost the race)."""
+        await self._store.delete([self._layout.job(job.job_id)])
+
     async def point_to(self, job: JobState, expected_etag: str | None) -> bool:
         """Make ``job`` the date's newest claim unless another request did so first.
 

@@ -73,6 +73,7 @@ async def submit(
         if await jobs.point_to(job, etag):
             break
         log.info("job.raced", date=day.isoformat(), job_id=job.job_id)
+        await jobs.discard(job)  # nothing points to it: no state left behind
     else:
         raise RuntimeError(f"could not claim date {day} after {_POINTER_RACES} tries")
     await jobs.index(job)  # GET /jobs lists it (a job that lost the race for the claim is not)

@@ -8,6 +8,7 @@ from aio_pika.abc import AbstractRobustConnection
 from quart.typing import TestClientProtocol as Client
 
 from common.settings import Settings
+from common.storage import S3Store
 from common.topology import declare_topology
 from producer.app import create_app
 
@@ -22,7 +23,7 @@ async def client(settings: Settings, amqp: AbstractRobustConnection) -> AsyncIte
 
 
 async def test_concurrent_requests_for_a_date_make_one_job(
-    client: Client, settings: Settings, amqp: AbstractRobustConnection
+    client: Client, settings: Settings, store: S3Store, amqp: AbstractRobustConnection
 ) -> None:
     answers = await asyncio.gather(
         *(client.post("/process-request?date=2024-06-01") for _ in range(12))
@@ -40,6 +41,9 @@ async def test_concurrent_requests_for_a_date_make_one_job(
     assert message.app_id == "bus-stats-api"
     await message.ack()
     assert await topology.queue.get(fail=False) is None
+    # The requests that lost the race for the date's claim left no job state behind.
+    states = [item.key async for item in store.list_objects("jobs/")]
+    assert states == [f"jobs/{bodies[0]['job_id']}.json"]
 
 
 async def test_force_makes_a_new_job_even_while_one_is_queued(client: Client) -> None:
