@@ -504,6 +504,11 @@ def render(report: Report, command: str, seconds: float) -> str:
     for section in report.sections:
         lines += [section.markdown(), ""]
     lines += ["## Reading the two ratio targets", "", *RATIO_NOTES, ""]
+    lines += [
+        "Where the time goes (profiles) and why the missed targets are missed: "
+        "[benchmark-notes.md](benchmark-notes.md), written by hand, not by this script.",
+        "",
+    ]
     return "\n".join(lines)
 
 
