@@ -504,12 +504,18 @@ def render(report: Report, command: str, seconds: float) -> str:
     for section in report.sections:
         lines += [section.markdown(), ""]
     lines += ["## Reading the two ratio targets", "", *RATIO_NOTES, ""]
-    lines += [
-        "Where the time goes (profiles) and why the missed targets are missed: "
-        "[benchmark-notes.md](benchmark-notes.md), written by hand, not by this script.",
-        "",
-    ]
     return "\n".join(lines)
+
+
+NOTES_MARKER = "<!-- Written by hand below this line: make bench keeps it as it is. -->"
+
+
+def kept_notes(output: Path) -> str:
+    """The hand-written part of an earlier ``benchmarks.md`` (profiles, explanations)."""
+    if not output.exists():
+        return ""
+    _, marker, notes = output.read_text().partition(NOTES_MARKER)
+    return marker + notes if marker else ""
 
 
 RATIO_NOTES = (
@@ -568,7 +574,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     seconds = time.perf_counter() - clock
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render(report, command, seconds) + "\n")
+    notes = kept_notes(output)
+    output.write_text(render(report, command, seconds) + "\n" + (f"\n{notes}" if notes else ""))
     print(f"\nWrote {output} ({seconds:.0f} s).")
     missed = [target.name for target in report.targets if target.met is False]
     if missed:
