@@ -10,8 +10,7 @@
     <prefix>data/date=2024-01-01/gen=<g>/job=<job_id>/run=<run_id>/city=<id>.jsonl   one city
     <prefix>data/date=2024-01-01/gen=<g>/job=<job_id>/run=<run_id>/city=<id>.json    its record
     <prefix>data/date=2024-01-01/gen=<g>/job=<job_id>/run=<run_id>/rejects.jsonl     bad records
-    <prefix>partials/date=2024-01-01/run=<run_id>/city=<id>.<etag>.json   cached partial sums
-    <prefix>partials/date=2024-01-01/run=<run_id>/date.<manifest etag>.json   a date's sums
+    <prefix>partials/date=2024-01-01/...   sums sidecars of earlier versions (swept)
 
 Data objects live under the claim (``gen``, the date's generation) and job that made
 them, so that ownership is read from the key: a run's objects can be deleted once a
@@ -136,17 +135,3 @@ class Layout:
     def date_partials(self, day: date) -> str:
         """The folder holding every cached partial of a date (for cleanup)."""
         return f"{self.prefix}partials/date={day.isoformat()}/"
-
-    def date_summary(self, day: date, run_id: str, manifest_etag: str) -> str:
-        """The cached sums of a whole committed date, tied to its manifest's ETag."""
-        clean_etag = re.sub(r"[^0-9A-Za-z-]", "", manifest_etag)
-        return f"{self.date_partials(day)}run={check_id(run_id, 'run id')}/date.{clean_etag}.json"
-
-    def partial(self, data_key: str, etag: str) -> str:
-        """The cached partial sums of one data object, tied to its ETag."""
-        data_root = f"{self.prefix}data/"
-        if not data_key.startswith(data_root) or not data_key.endswith(".jsonl"):
-            raise ValueError(f"not a data object key: {data_key[:80]!r}")
-        relative = data_key.removeprefix(data_root).removesuffix(".jsonl")
-        clean_etag = re.sub(r"[^0-9A-Za-z-]", "", etag)
-        return f"{self.prefix}partials/{relative}.{clean_etag}.json"

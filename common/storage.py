@@ -12,7 +12,7 @@ import contextlib
 import io
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self
@@ -59,14 +59,12 @@ class ObjectInfo:
     key: str
     etag: str
     size: int
-    last_modified: datetime
 
 
 @dataclass(frozen=True)
 class PendingUpload:
     key: str
     upload_id: str
-    initiated: datetime
 
 
 @dataclass(frozen=True)
@@ -219,7 +217,6 @@ class S3Store:
                     key=item["Key"],
                     etag=item["ETag"],
                     size=item["Size"],
-                    last_modified=item["LastModified"],
                 )
 
     async def pending_uploads(self, prefix: str) -> list[PendingUpload]:
@@ -227,9 +224,7 @@ class S3Store:
         paginator = self.client.get_paginator("list_multipart_uploads")
         async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             uploads.extend(
-                PendingUpload(
-                    key=item["Key"], upload_id=item["UploadId"], initiated=item["Initiated"]
-                )
+                PendingUpload(key=item["Key"], upload_id=item["UploadId"])
                 for item in page.get("Uploads", [])
             )
         return uploads

@@ -115,7 +115,7 @@ class Handler:
             ended = await self.end(state, give_up)
             self.metrics.jobs.labels("failed").inc()
             return ended
-        run = _Run(self, message, state)
+        run = _Run(self, state)
         return await run.execute(last_delivery=last_delivery)
 
     async def job_state(self, message: JobMessage) -> JobState:
@@ -214,10 +214,9 @@ class Handler:
 class _Run:
     """One attempt at a job, under its own run id."""
 
-    def __init__(self, handler: Handler, message: JobMessage, state: JobState) -> None:
+    def __init__(self, handler: Handler, state: JobState) -> None:
         self.h = handler
-        self.message = message
-        self.day = message.date
+        self.day = state.date
         self.job_id = state.job_id
         self.generation = state.generation
         self.run_id = uuid.uuid4().hex
@@ -524,7 +523,7 @@ class _Run:
             log.warning("job.interrupted_after_commit", run_id=self.run_id, reason=reason)
             return
         log.warning("job.interrupted", run_id=self.run_id, reason=reason)
-        await self._save_outcome("queued", reason)
+        await self._save_queued(reason)
 
     async def _failed(self, error: JobFailedError, *, last_delivery: bool) -> None:
         """Record the failure; keep the complete cities unless it is the job's last attempt."""
@@ -538,12 +537,12 @@ class _Run:
             # its next delivery, over the limit, ends the job with a saved reason.
             await self.h.end(self.state, error.reason)
         else:
-            await self._save_outcome("queued", error.reason)
+            await self._save_queued(error.reason)
 
-    async def _save_outcome(self, status: str, reason: str) -> None:
-        now = utc_now()
+    async def _save_queued(self, reason: str) -> None:
+        """Back to ``queued`` with the reason, for the next delivery (best effort)."""
         self.state = self.state.model_copy(
-            update={"status": status, "error": reason, "updated_at": now}
+            update={"status": "queued", "error": reason, "updated_at": utc_now()}
         )
         try:
             async with self._save_lock:

@@ -8,7 +8,6 @@ version of a date must equal the oracle (:func:`refsim.expected_stats`).
 """
 
 import asyncio
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
@@ -285,10 +284,6 @@ async def check_objects(world: World) -> list[str]:
     return problems
 
 
-def _completion_record(data_key: str) -> str:
-    return data_key.removesuffix(".jsonl") + ".json"
-
-
 async def sweep(world: World) -> str:
     """``python -m consumer sweep`` over the test's dates, as an operator would run it."""
     env = environment(world.settings)
@@ -304,22 +299,20 @@ async def sweep(world: World) -> str:
 
 
 async def check_leftovers(world: World) -> list[str]:
-    """Nothing is stored that no committed manifest references; no upload is pending."""
+    """Nothing is stored that no committed manifest references; no upload is pending.
+
+    A committed city's completion record is spent once the date is committed, and sums
+    sidecars (``partials/``) are written by no version that reads them: none may be left.
+    """
     layout = world.layout
     keep_data: set[str] = set()
-    keep_partials: set[str] = set()
-    summaries: list[tuple[str, str]] = []  # (a date's partials folder, its summary's suffix)
     for day in world.days:
-        manifest, etag = await world.manifests.get(day)
-        if manifest is None or etag is None:
+        manifest, _ = await world.manifests.get(day)
+        if manifest is None:
             continue
-        for city in manifest.cities:
-            keep_data |= {city.key, _completion_record(city.key)}
-            keep_partials.add(layout.partial(city.key, city.etag))
+        keep_data |= {city.key for city in manifest.cities}
         if manifest.rejects is not None:
             keep_data.add(manifest.rejects.key)
-        clean = re.sub(r"[^0-9A-Za-z-]", "", etag)
-        summaries.append((layout.date_partials(day), f"date.{clean}.json"))
     problems: list[str] = []
     left = [
         item.key
@@ -328,14 +321,9 @@ async def check_leftovers(world: World) -> list[str]:
     ]
     if left:
         problems.append(f"{len(left)} data object(s) referenced by no manifest: {left[:10]}")
-    partials = [
-        item.key
-        async for item in world.store.list_objects(f"{layout.prefix}partials/")
-        if item.key not in keep_partials
-        and not any(item.key.startswith(p) and item.key.endswith(s) for p, s in summaries)
-    ]
+    partials = [item.key async for item in world.store.list_objects(layout.partials_root)]
     if partials:
-        problems.append(f"{len(partials)} partial(s) of no committed object: {partials[:10]}")
+        problems.append(f"{len(partials)} sums sidecar(s) left: {partials[:10]}")
     uploads = await world.store.pending_uploads(layout.prefix)
     if uploads:
         problems.append(f"{len(uploads)} multipart upload(s) pending: {[u.key for u in uploads]}")

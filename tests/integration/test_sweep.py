@@ -83,7 +83,7 @@ async def test_a_commit_sweeps_its_generation_and_older_but_never_a_newer_claim(
     other_date = await write_city(store, 1, 1, OTHER_DAY)
     older_upload = await start_upload(store, 1, 5)
     newer_upload = await start_upload(store, 3, 5)
-    sidecar = LAYOUT.partial(legacy, '"e"')  # an earlier version's cached sums
+    sidecar = f"partials/date={DAY}/run={'9' * 32}/city=1.e.json"  # an earlier version's sums
     await store.put(sidecar, b"{}")
     manifest = await commit(store, 2, [kept])
 

@@ -54,7 +54,6 @@ KEYS: dict[str, Callable[[Layout], str]] = {
     "city_object": lambda layout: layout.city_object(DAY, GEN, JOB, RUN, 12),
     "rejects_object": lambda layout: layout.rejects_object(DAY, GEN, JOB, RUN),
     "date_partials": lambda layout: layout.date_partials(DAY),
-    "partial": lambda layout: layout.partial(layout.city_object(DAY, GEN, JOB, RUN, 12), '"e1"'),
 }
 
 
@@ -127,56 +126,6 @@ def test_city_id_cannot_inject_a_path(city_id: str) -> None:
         Layout().city_object(DAY, GEN, JOB, RUN, city_id)  # type: ignore[arg-type]  # a str on purpose
 
 
-def test_partial_derives_from_data_key_and_etag() -> None:
-    layout = Layout()
-    data_key = layout.city_object(DAY, GEN, JOB, RUN, 3)
-    etag = '"9b2cf535f27731c974343645a3985328"'
-    assert layout.partial(data_key, etag) == (
-        f"partials/date=2024-01-01/{OWNED}/city=3.9b2cf535f27731c974343645a3985328.json"
-    )
-    assert layout.partial(data_key, etag).startswith(layout.date_partials(DAY))
-
-
-def test_partial_quoted_and_unquoted_etag_give_the_same_key() -> None:
-    layout = Layout("p/")
-    data_key = layout.city_object(DAY, GEN, JOB, RUN, 3)
-    assert layout.partial(data_key, '"abc-2"') == layout.partial(data_key, "abc-2")
-    assert (
-        layout.partial(data_key, '"abc-2"')
-        == f"p/partials/date=2024-01-01/{OWNED}/city=3.abc-2.json"
-    )
-
-
-def test_partial_keeps_multipart_etag_and_strips_path_characters() -> None:
-    layout = Layout()
-    data_key = layout.city_object(DAY, GEN, JOB, RUN, 3)
-    assert layout.partial(data_key, '"../a/b c.d"').endswith("/city=3.abcd.json")
-    assert layout.partial(data_key, '"0f-12"').endswith("/city=3.0f-12.json")
-
-
-def test_partial_of_rejects_object() -> None:
-    layout = Layout()
-    assert layout.partial(layout.rejects_object(DAY, GEN, JOB, RUN), '"e"') == (
-        f"partials/date=2024-01-01/{OWNED}/rejects.e.json"
-    )
-
-
-@pytest.mark.parametrize(
-    ("layout", "data_key"),
-    [
-        (Layout(), f"jobs/{JOB}.json"),
-        (Layout(), "manifests/date=2024-01-01/manifest.json"),
-        (Layout(), f"data/date=2024-01-01/run={RUN}/city=3.json"),
-        (Layout(), f"partials/date=2024-01-01/run={RUN}/city=3.jsonl"),
-        (Layout("p/"), f"data/date=2024-01-01/run={RUN}/city=3.jsonl"),  # another prefix's
-        (Layout(), f"p/data/date=2024-01-01/run={RUN}/city=3.jsonl"),
-    ],
-)
-def test_partial_refuses_keys_that_are_not_data_objects(layout: Layout, data_key: str) -> None:
-    with pytest.raises(ValueError, match="not a data object key"):
-        layout.partial(data_key, '"e"')
-
-
 def test_layout_is_frozen() -> None:
     layout = Layout("p/")
     with pytest.raises(AttributeError):
@@ -215,7 +164,8 @@ def test_parse_data_key_refuses_other_keys(key: str) -> None:
 
 def test_partial_keys_name_their_date() -> None:
     layout = Layout("p/")
-    data_key = layout.city_object(DAY, GEN, JOB, RUN, 3)
-    assert layout.partial_date(layout.partial(data_key, '"e"')) == DAY
-    assert layout.partial_date(layout.date_summary(DAY, RUN, '"e-1"')) == DAY
+    assert layout.partial_date(f"p/partials/date={DAY}/{OWNED}/city=3.e.json") == DAY
+    assert layout.partial_date(f"p/partials/date={DAY}/run={RUN}/date.e-1.json") == DAY
+    assert layout.date_partials(DAY).startswith(layout.partials_root)
     assert layout.partial_date(f"p/data/date={DAY}/x") is None
+    assert layout.partial_date("p/partials/date=2024-13-01/x") is None
