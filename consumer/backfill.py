@@ -15,9 +15,10 @@ Run it as often as you like: a date whose every city has sums is left alone.
 import asyncio
 from collections import Counter
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from typing import Final, Literal
 
+from common.days import days_between
 from common.jobs import ManifestStore
 from common.layout import Layout
 from common.logs import get_logger
@@ -56,10 +57,7 @@ async def backfill_sums(settings: Settings, start: date, end: date) -> list[Date
             Layout(settings.s3_prefix),
             objects_at_once=settings.stats_concurrency,
         )
-        outcomes = [
-            await backfill.backfill(start + timedelta(days=offset))
-            for offset in range((end - start).days + 1)
-        ]
+        outcomes = [await backfill.backfill(day) for day in days_between(start, end)]
     counts: Counter[str] = Counter(item.outcome for item in outcomes)
     log.info("backfill.finished", **counts)
     return outcomes

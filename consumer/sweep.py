@@ -17,8 +17,9 @@ were written by earlier versions only and are read by nothing now: a sweep delet
 """
 
 from dataclasses import asdict, dataclass, field
-from datetime import date, timedelta
+from datetime import date
 
+from common.days import days_between
 from common.jobs import JobStore, ManifestStore
 from common.layout import DataKey, Layout
 from common.logs import get_logger
@@ -163,7 +164,7 @@ async def sweep_dates(settings: Settings, start: date | None, end: date | None) 
     async with open_store(settings) as store:
         sweeper = Sweeper(store, Layout(settings.s3_prefix))
         if start is not None and end is not None:
-            days = [start + timedelta(days=offset) for offset in range((end - start).days + 1)]
+            days = days_between(start, end)
         else:
             days = [
                 day

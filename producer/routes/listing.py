@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from quart import Blueprint, Response, request
 from quart_schema import document_querystring, document_response
 
+from common.days import days_between
 from common.jobs import INDEX_ENTRY, JobStore, ManifestStore, index_entry_job
 from common.layout import Layout
 from common.models import JobState, JobStatus, Manifest
@@ -274,7 +275,7 @@ async def list_dates() -> Response:
         _dates_with(store, layout.manifest, start, end),
         _dates_with(store, layout.latest_job, start, end),
     )
-    days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
+    days = days_between(start, end)
     manifests, jobs = ManifestStore(store, layout), JobStore(store, layout)
 
     async def read(day: date) -> DateView:

@@ -22,11 +22,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 from typing import Any, Final, Literal, TypeVar
 
 from pydantic import ValidationError
 
+from common.days import days_between
 from common.layout import Layout
 from common.logs import get_logger
 from common.models import CityObject, Manifest
@@ -242,7 +243,7 @@ class StatsReader:
         started = time.perf_counter()
         counter = _Counter()
         outcome = _Outcome()
-        days = [start + timedelta(days=offset) for offset in range((end - start).days + 1)]
+        days = days_between(start, end)
 
         async def one(day: date) -> None:
             try:
