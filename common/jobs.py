@@ -80,6 +80,22 @@ class JobStore:
             return False
         return True
 
+    async def try_claim(
+        self, job: JobState, pointer: LatestJob | None, etag: str | None
+    ) -> JobState | None:
+        """Make ``job`` the date's claim under the generation after ``pointer``'s.
+
+        ``pointer`` and ``etag`` are the claim as just read (:meth:`claim_of`). The job is
+        saved, then the pointer swapped to it on that ETag; the claimed job is listed in
+        the index and returned, or ``None`` if another claim came first.
+        """
+        job = job.model_copy(update={"generation": (pointer.generation if pointer else 0) + 1})
+        await self.save(job)
+        if not await self.point_to(job, etag):
+            return None
+        await self.index(job)
+        return job
+
     async def claim(self, job: JobState, races: int = 5) -> JobState:
         """Save ``job`` as the date's newest claim, under the next generation.
 
@@ -89,11 +105,9 @@ class JobStore:
         """
         for _ in range(races):
             pointer, etag = await self.claim_of(job.date)
-            job = job.model_copy(update={"generation": (pointer.generation if pointer else 0) + 1})
-            await self.save(job)
-            if await self.point_to(job, etag):
-                await self.index(job)
-                return job
+            claimed = await self.try_claim(job, pointer, etag)
+            if claimed is not None:
+                return claimed
         raise WriteConflictError(self._layout.latest_job(job.date))
 
     async def index(self, job: JobState) -> None:

@@ -67,16 +67,15 @@ async def submit(
             and not is_stuck(current, age, stale_after)
         ):
             return Submission(job=current, created=False)
-        generation = (pointer.generation if pointer is not None else 0) + 1
-        job = JobState.queued(uuid.uuid4().hex, day, force=force, generation=generation)
-        await jobs.save(job)
-        if await jobs.point_to(job, etag):
+        candidate = JobState.queued(uuid.uuid4().hex, day, force=force)
+        claimed = await jobs.try_claim(candidate, pointer, etag)
+        if claimed is not None:
+            job = claimed
             break
-        log.info("job.raced", date=day.isoformat(), job_id=job.job_id)
-        await jobs.discard(job)  # nothing points to it: no state left behind
+        log.info("job.raced", date=day.isoformat(), job_id=candidate.job_id)
+        await jobs.discard(candidate)  # nothing points to it: no state left behind
     else:
         raise RuntimeError(f"could not claim date {day} after {_POINTER_RACES} tries")
-    await jobs.index(job)  # GET /jobs lists it (a job that lost the race for the claim is not)
     try:
         await publisher.publish(JobMessage(job_id=job.job_id, date=day, force=force))
     except BaseException:
