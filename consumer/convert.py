@@ -16,9 +16,10 @@ and :func:`common.records.normalise_record` one record at a time.
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from common.jsonscan import Positions
+from common.models import ObjectSums
 from common.records import (
     ArrayDecoder,
     BadRecord,
@@ -46,20 +47,55 @@ class Converted:
     delay_seconds: float = 0.0
 
 
+class _Summed(Protocol):
+    """Stored records and their sums: a chunk's (:class:`Converted`) or a run's (``Lines``)."""
+
+    @property
+    def records(self) -> int: ...
+    @property
+    def passengers(self) -> int: ...
+    @property
+    def accident(self) -> bool: ...
+    @property
+    def delay_seconds(self) -> float: ...
+
+
 @dataclass
 class Sums:
-    """Running sums of one city object (exact integers; the delay as a float sum)."""
+    """Running sums of stored records (exact integers; the delay as a float sum).
+
+    Kept per chunk by :func:`convert` and per city object by the consumer's ingest.
+    """
 
     departures: int = 0
     passengers: int = 0
     accident: bool = False
     delays: list[float] = field(default_factory=list)
 
-    def add(self, converted: Converted) -> None:
-        self.departures += converted.records
-        self.passengers += converted.passengers
-        self.accident = self.accident or converted.accident
-        self.delays.append(converted.delay_seconds)
+    def add(self, part: _Summed) -> None:
+        self.departures += part.records
+        self.passengers += part.passengers
+        self.accident = self.accident or part.accident
+        self.delays.append(part.delay_seconds)
+
+    def add_record(self, record: dict[str, Any]) -> None:
+        """One normalised record (:func:`common.records.normalise_record`)."""
+        self.departures += 1
+        self.passengers += record["passengers"]
+        self.accident = self.accident or record["accident"]
+        self.delays.append(record["delay_seconds"])
+
+    @property
+    def delay_seconds(self) -> float:
+        return math.fsum(self.delays)
+
+    def frozen(self) -> ObjectSums:
+        return ObjectSums(
+            departures=self.departures,
+            passengers=self.passengers,
+            accident=self.accident,
+            delay_seconds=self.delay_seconds,
+        )
 
 
 def convert(decoder: ArrayDecoder, city_id: int, chunk: bytes | None) -> Converted:
@@ -81,29 +117,23 @@ class _ChunkLines:
     def __init__(self, city_id: int) -> None:
         self.city_id = city_id
         self.lines: list[bytes] = []
-        self.records = 0
         self.bad: list[BadRecord] = []
-        self.passengers = 0
-        self.accident = False
-        self.delays: list[float] = []
+        self.sums = Sums()
         self.budget = 0
 
     def converted(self) -> Converted:
         return Converted(
             lines=b"".join(self.lines),
-            records=self.records,
+            records=self.sums.departures,
             bad=self.bad,
-            passengers=self.passengers,
-            accident=self.accident,
-            delay_seconds=math.fsum(self.delays),
+            passengers=self.sums.passengers,
+            accident=self.sums.accident,
+            delay_seconds=self.sums.delay_seconds,
         )
 
     def take_lines(self, lines: Lines) -> None:
         self.lines.append(lines.lines)
-        self.records += lines.records
-        self.passengers += lines.passengers
-        self.accident = self.accident or lines.accident
-        self.delays.append(lines.delay_seconds)
+        self.sums.add(lines)
 
     def take_item(self, item: Any) -> None:
         record = normalise_record(self.city_id, item)
@@ -111,10 +141,7 @@ class _ChunkLines:
             self.bad.append(record)
             return
         self.lines.append(encode_line(record))
-        self.records += 1
-        self.passengers += record["passengers"]
-        self.accident = self.accident or record["accident"]
-        self.delays.append(record["delay_seconds"])
+        self.sums.add_record(record)
 
     def take_run(self, run: Run) -> None:
         """Items the byte-level rewrite has not taken as a whole (or not been offered)."""

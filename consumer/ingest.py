@@ -11,7 +11,6 @@ two fetches. The figures the statistics need (:class:`common.models.ObjectSums`)
 summed from the same pass, so a city's sums are ready the moment its object is.
 """
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -91,12 +90,7 @@ class CityIngest:
             bad_records=bad_records,
             kept_bad=kept_bad,
             retries=attempts - 1,
-            sums=ObjectSums(
-                departures=sums.departures,
-                passengers=sums.passengers,
-                accident=sums.accident,
-                delay_seconds=math.fsum(sums.delays),
-            ),
+            sums=sums.frozen(),
         )
 
     async def _attempt(
