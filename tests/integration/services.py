@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,8 +154,21 @@ def clock_offset(offset: str) -> dict[str, str]:
     )
 
 
-async def run_module(env: dict[str, str], module: str, *args: str, deadline: float = 60.0) -> str:
-    """Run ``python -m module args`` to completion; its output, or an error if it failed."""
+@dataclass(frozen=True)
+class Exited:
+    """How a ``python -m`` command ended."""
+
+    status: int
+    out: str
+    err: str
+    seconds: float
+
+
+async def run_to_exit(
+    module: str, env: dict[str, str], *args: str, deadline: float = 60.0
+) -> Exited:
+    """Run ``python -m module args`` until it exits; an ``AssertionError`` past ``deadline``."""
+    started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -163,19 +177,31 @@ async def run_module(env: dict[str, str], module: str, *args: str, deadline: flo
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         async with asyncio.timeout(deadline):
-            out, _ = await process.communicate()
+            out, err = await process.communicate()
     except TimeoutError:
         process.kill()
         await process.wait()
-        raise
-    text = out.decode(errors="replace")
-    if process.returncode != 0:
+        raise AssertionError(f"python -m {module} still running after {deadline}s") from None
+    assert process.returncode is not None
+    return Exited(
+        process.returncode,
+        out.decode(errors="replace"),
+        err.decode(errors="replace"),
+        time.monotonic() - started,
+    )
+
+
+async def run_module(env: dict[str, str], module: str, *args: str, deadline: float = 60.0) -> str:
+    """Run ``python -m module args`` to completion; its output, or an error if it failed."""
+    exited = await run_to_exit(module, env, *args, deadline=deadline)
+    text = exited.out + exited.err
+    if exited.status != 0:
         raise RuntimeError(
-            f"python -m {module} {' '.join(args)} exited {process.returncode}: {text[-2000:]}"
+            f"python -m {module} {' '.join(args)} exited {exited.status}: {text[-2000:]}"
         )
     return text
 

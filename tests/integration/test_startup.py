@@ -14,7 +14,6 @@ import asyncio
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,8 +24,8 @@ from aio_pika.abc import AbstractRobustConnection
 from moto.server import ThreadedMotoServer
 
 from common.settings import Settings
+from tests.integration import services
 from tests.integration.services import (
-    ROOT,
     Service,
     environment,
     free_port,
@@ -42,26 +41,8 @@ GRACE = 5.0
 
 async def run_to_exit(module: str, env: dict[str, str], *args: str) -> tuple[int, str, str, float]:
     """Run ``python -m module``: (exit status, stdout, stderr, seconds it took)."""
-    started = time.monotonic()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        module,
-        *args,
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(EXIT_DEADLINE):
-            out, err = await process.communicate()
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError(f"python -m {module} still running after {EXIT_DEADLINE}s") from None
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode(), time.monotonic() - started
+    exited = await services.run_to_exit(module, env, *args, deadline=EXIT_DEADLINE)
+    return exited.status, exited.out, exited.err, exited.seconds
 
 
 def assert_one_line(err: str, *fragments: str) -> None:
