@@ -7,12 +7,24 @@ ARGS ?=
 
 .PHONY: install test lint-deploy compose-test demo bench pin format
 
-# The three linters for the deployment files, shared by `test` and `lint-deploy`.
-# check-jsonschema's vendor schemas ship inside the package: no network needed.
+# The linters for the deployment files, shared by `test` and `lint-deploy`, all offline:
+# check-jsonschema's vendor schemas ship inside the package, kubernetes-validate bundles
+# Kubernetes' schemas (K8S_VERSION must be one it bundles), KEDA's CRD schemas are
+# vendored in deploy/schemas/keda, and promtool (Debian's `prometheus` package; .ci/run
+# installs it) checks and unit-tests the alert rules. tests/unit/test_deploy_files.py
+# renders the kustomization and validates the result too.
+K8S_VERSION = 1.37.0
+K8S_CORE_FILES = $(filter-out %/kustomization.yaml %/keda-scaledobject.yaml %/keda-triggerauthentication.yaml,$(wildcard deploy/kubernetes/*.yaml))
 define lint_deploy_commands
 	uv run hadolint Dockerfile
-	uv run check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	uv run check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml docker-compose.cluster.yml
 	uv run check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/ci.yml
+	uv run kubernetes-validate --strict --quiet -k $(K8S_VERSION) $(K8S_CORE_FILES)
+	uv run check-jsonschema --schemafile deploy/schemas/keda/scaledobject_v1alpha1.json deploy/kubernetes/keda-scaledobject.yaml
+	uv run check-jsonschema --schemafile deploy/schemas/keda/triggerauthentication_v1alpha1.json deploy/kubernetes/keda-triggerauthentication.yaml
+	promtool check config --syntax-only deploy/prometheus/prometheus.yml
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts.test.yml
 endef
 
 ## install: uv (with pip, if missing), then every dependency group into .venv
@@ -28,7 +40,8 @@ test: install
 	$(lint_deploy_commands)
 	uv run pytest
 
-## lint-deploy: hadolint the Dockerfile, validate docker-compose.yml and the CI workflow
+## lint-deploy: hadolint the Dockerfile; validate the compose files, the CI workflow and the
+## Kubernetes manifests; check and unit-test the Prometheus rules
 lint-deploy: install
 	$(lint_deploy_commands)
 

@@ -1,114 +1,164 @@
-"""Job state in S3: one JSON object per job plus a pointer from each date to its newest job."""
+"""Where job states and date states live in S3, and how they are written: conditionally.
+
+Two kinds of mutable object exist, and neither is ever written blindly:
+
+- a **job state** (``jobs/<id>.json``), what ``GET /jobs/<id>`` shows: created with
+  ``If-None-Match: *``, then replaced only with ``If-Match`` on the ETag its writer read
+  or wrote last;
+- a **date state** (``manifests/date=D/manifest.json``, :class:`common.models.DateState`),
+  the date's arbiter: claim, run lease and committed version, replaced the same way.
+
+:func:`put_conditionally` makes each such write safe against S3 as it really behaves: a
+``409 ConditionalRequestConflict`` is a lost race, and an answer that is lost after the
+write took effect (or a retry that then meets its own write and answers ``412``) is told
+apart from a real conflict by reading the object back: the write took effect exactly when
+the stored bytes are the bytes written (every body carries a fresh ``updated_at`` or
+``revision``, so no two writes have the same bytes).
+
+What the writes *mean* (which transition may write what) is :mod:`common.lifecycle`.
+"""
 
 import re
+import uuid
 from datetime import UTC, date, datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
+import orjson
 from pydantic import ValidationError
 
 from common.layout import Layout
-from common.models import JobState, LatestJob, Manifest
-from common.storage import ObjectStore, WriteConflictError
+from common.logs import get_logger
+from common.models import (
+    DATE_STATE_VERSION,
+    Claim,
+    DateState,
+    JobState,
+    LatestJob,
+    Manifest,
+)
+from common.storage import ObjectStore, StoredObject, WriteConflictError
+
+log = get_logger(__name__)
+NEWER_VERSION: Final = "written by a newer version of bus-stats"
+_LOST_ANSWER_TRIES: Final = 4  # re-sends of one conditional write whose answer was lost
+JOB_STATE_VERSION: Final = 1
+
+
+class NewerVersionError(Exception):
+    """An object of a format this version does not know: it must not be overwritten."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what}: {NEWER_VERSION}")
+        self.what = what
+
+
+class UnreadableError(Exception):
+    """An object that is not JSON of any known form (damaged, or not ours)."""
+
+
+async def put_conditionally(store: ObjectStore, key: str, body: bytes, etag: str | None) -> str:
+    """Write ``body`` over the version ``etag`` of ``key`` (``None``: only if absent).
+
+    Returns the new ETag. Raises :class:`WriteConflictError` when another write came
+    first (``412``, ``409``, or ``404`` for ``If-Match`` on a key deleted meanwhile). A
+    write whose answer was lost is resolved by reading the key back; if the store stays
+    unreachable the error goes up, and the write may or may not have taken effect (the
+    caller's next read tells).
+    """
+    last_error: Exception | None = None
+    for _ in range(_LOST_ANSWER_TRIES):
+        try:
+            if etag is None:
+                return await store.put(key, body, if_none_match=True)
+            return await store.put(key, body, if_match=etag)
+        except WriteConflictError as conflict:
+            # A retry (botocore's or ours) may meet its own earlier write: look.
+            stored = await store.get(key)
+            if stored is not None and stored.body == body:
+                return stored.etag
+            raise conflict from None
+        except Exception as error:
+            last_error = error
+            try:
+                stored = await store.get(key)
+            except Exception:  # noqa: BLE001, S112 - still unreachable: try the write again
+                continue
+            if stored is not None and stored.body == body:
+                return stored.etag
+            current = None if stored is None else stored.etag
+            if current != etag:
+                raise WriteConflictError(key) from error
+    assert last_error is not None  # noqa: S101 - the loop ran at least once and failed
+    raise last_error
+
+
+def _version_of(raw: object) -> int | None:
+    if isinstance(raw, dict):
+        version = raw.get("version")
+        if isinstance(version, int) and not isinstance(version, bool):
+            return version
+    return None
+
+
+def parse_job_state(body: bytes, job_id: str) -> JobState:
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UnreadableError(f"job {job_id}: not JSON") from None
+    version = _version_of(raw)
+    if version is not None and version > JOB_STATE_VERSION:
+        raise NewerVersionError(f"job state of {job_id}")
+    try:
+        return JobState.model_validate(raw)
+    except ValidationError:
+        raise UnreadableError(f"job {job_id}: not a job state") from None
 
 
 class JobStore:
+    """Job states, each written only with a condition (see the module's docstring)."""
+
     def __init__(self, store: ObjectStore, layout: Layout) -> None:
         self._store = store
         self._layout = layout
 
-    async def get(self, job_id: str) -> JobState | None:
-        try:
-            key = self._layout.job(job_id)
-        except ValueError:
-            return None
-        stored = await self._store.get(key)
-        return None if stored is None else JobState.model_validate_json(stored.body)
+    async def read(self, job_id: str) -> tuple[JobState | None, str | None, timedelta | None]:
+        """The job, the ETag of its state and how long ago it was written (S3's clock).
 
-    async def get_with_age(self, job_id: str) -> tuple[JobState | None, timedelta | None]:
-        """The job and how long ago its state was last written, by S3's clock alone.
-
-        A running job's state is rewritten at every heartbeat, so this is the age of its
-        heartbeat, whatever the clocks of the consumer and of this process say.
+        A running job's state is rewritten at every heartbeat, so the age is its
+        heartbeat's, whatever the clocks of the consumer and of this process say.
+        Raises :class:`NewerVersionError` for a state of a newer format.
         """
         try:
             key = self._layout.job(job_id)
         except ValueError:
-            return None, None
+            return None, None, None
         stored = await self._store.get(key)
         if stored is None:
-            return None, None
-        return JobState.model_validate_json(stored.body), stored.age
+            return None, None, None
+        return parse_job_state(stored.body, job_id), stored.etag, stored.age
 
-    async def save(self, job: JobState) -> None:
-        await self._store.put(self._layout.job(job.job_id), job.model_dump_json().encode())
+    async def get(self, job_id: str) -> JobState | None:
+        return (await self.read(job_id))[0]
 
-    async def claim_of(self, day: date) -> tuple[LatestJob | None, str | None]:
-        """The date's claim (its newest job and generation) and the pointer's ETag."""
-        stored = await self._store.get(self._layout.latest_job(day))
-        if stored is None:
-            return None, None
-        try:
-            return LatestJob.model_validate_json(stored.body), stored.etag
-        except ValidationError:
-            return None, stored.etag
+    async def get_with_age(self, job_id: str) -> tuple[JobState | None, timedelta | None]:
+        job, _, age = await self.read(job_id)
+        return job, age
 
-    async def latest(self, day: date) -> tuple[JobState | None, str | None]:
-        """The date's newest job and the pointer's ETag (for a compare-and-swap)."""
-        pointer, etag = await self.claim_of(day)
-        if pointer is None:
-            return None, etag
-        return await self.get(pointer.job_id), etag
+    async def create(self, job: JobState) -> str:
+        """Write a new job's first state; raises :class:`WriteConflictError` if it exists."""
+        return await put_conditionally(
+            self._store, self._layout.job(job.job_id), job.model_dump_json().encode(), None
+        )
+
+    async def replace(self, job: JobState, etag: str) -> str:
+        """Write over the version ``etag`` of the job's state, and only over it."""
+        return await put_conditionally(
+            self._store, self._layout.job(job.job_id), job.model_dump_json().encode(), etag
+        )
 
     async def discard(self, job: JobState) -> None:
         """Delete the state of a job that never became a claim (it lost the race)."""
         await self._store.delete([self._layout.job(job.job_id)])
-
-    async def point_to(self, job: JobState, expected_etag: str | None) -> bool:
-        """Make ``job`` the date's newest claim unless another request did so first.
-
-        ``job.generation`` must be one more than the generation of the pointer read with
-        ``expected_etag``: the compare-and-swap makes generations strictly increasing.
-        """
-        body = LatestJob(job_id=job.job_id, generation=job.generation).model_dump_json()
-        key = self._layout.latest_job(job.date)
-        try:
-            if expected_etag is None:
-                await self._store.put(key, body.encode(), if_none_match=True)
-            else:
-                await self._store.put(key, body.encode(), if_match=expected_etag)
-        except WriteConflictError:
-            return False
-        return True
-
-    async def try_claim(
-        self, job: JobState, pointer: LatestJob | None, etag: str | None
-    ) -> JobState | None:
-        """Make ``job`` the date's claim under the generation after ``pointer``'s.
-
-        ``pointer`` and ``etag`` are the claim as just read (:meth:`claim_of`). The job is
-        saved, then the pointer swapped to it on that ETag; the claimed job is listed in
-        the index and returned, or ``None`` if another claim came first.
-        """
-        job = job.model_copy(update={"generation": (pointer.generation if pointer else 0) + 1})
-        await self.save(job)
-        if not await self.point_to(job, etag):
-            return None
-        await self.index(job)
-        return job
-
-    async def claim(self, job: JobState, races: int = 5) -> JobState:
-        """Save ``job`` as the date's newest claim, under the next generation.
-
-        Used for a job whose message arrived without a state (published by hand): the
-        consumer claims the date for it as the API would have. Raises
-        :class:`WriteConflictError` if other claims kept winning.
-        """
-        for _ in range(races):
-            pointer, etag = await self.claim_of(job.date)
-            claimed = await self.try_claim(job, pointer, etag)
-            if claimed is not None:
-                return claimed
-        raise WriteConflictError(self._layout.latest_job(job.date))
 
     async def index(self, job: JobState) -> None:
         """List a new job in the index of every job and in its date's, newest first."""
@@ -154,24 +204,107 @@ def index_entry_job(entry: str) -> str:
     return entry.rpartition("-")[2]
 
 
-class ManifestStore:
-    """The committed version of each date."""
+def parse_date_state(day: date, body: bytes) -> DateState:
+    """A date state, or a version-1 manifest read as a state with only ``committed``.
+
+    Raises :class:`NewerVersionError` for a newer format, :class:`UnreadableError` for
+    anything else that is not one of the two.
+    """
+    try:
+        raw: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UnreadableError(f"date {day}: not JSON") from None
+    version = _version_of(raw)
+    if version is not None and version > DATE_STATE_VERSION:
+        raise NewerVersionError(f"date state of {day}")
+    try:
+        if version == DATE_STATE_VERSION:
+            return DateState.model_validate(raw)
+        return DateState(date=day, committed=Manifest.model_validate(raw))
+    except ValidationError:
+        raise UnreadableError(f"date {day}: not a date state") from None
+
+
+def committed_of(day: date, stored: StoredObject) -> Manifest | None:
+    """The committed version in a date state's object (what the statistics read)."""
+    return parse_date_state(day, stored.body).committed
+
+
+class DateLedger:
+    """The date states: read (upgrading older forms) and replaced by compare-and-swap."""
 
     def __init__(self, store: ObjectStore, layout: Layout) -> None:
         self._store = store
         self._layout = layout
 
-    async def get(self, day: date) -> tuple[Manifest | None, str | None]:
+    async def read(self, day: date) -> tuple[DateState, str | None]:
+        """The date's state and its ETag (``None``: no state object yet).
+
+        A missing or damaged state is rebuilt from what else the bucket says of the date
+        (the pointer of versions before the arbiter, the generations in the data keys),
+        so that generations never go back; its next write replaces it.
+        """
         stored = await self._store.get(self._layout.manifest(day))
         if stored is None:
-            return None, None
-        return Manifest.model_validate_json(stored.body), stored.etag
+            return await self._rebuilt(day, None), None
+        try:
+            state = parse_date_state(day, stored.body)
+        except UnreadableError as error:
+            log.warning("date.state_unreadable", date=day.isoformat(), error=str(error))
+            return await self._rebuilt(day, None), stored.etag
+        if state.revision is None:
+            # A version-1 manifest: the claim was in the separate pointer then.
+            return await self._rebuilt(day, state.committed), stored.etag
+        return state, stored.etag
+
+    async def _rebuilt(self, day: date, committed: Manifest | None) -> DateState:
+        floor = committed.generation if committed is not None else 0
+        claim: Claim | None = None
+        pointer = await self._store.get(self._layout.latest_job(day))
+        if pointer is not None:
+            try:
+                legacy = LatestJob.model_validate_json(pointer.body)
+            except ValidationError:
+                legacy = None
+            if legacy is not None and legacy.generation > 0:
+                floor = max(floor, legacy.generation)
+                if committed is None or legacy.generation > committed.generation:
+                    claim = Claim(job_id=legacy.job_id, generation=legacy.generation)
+        async for item in self._store.list_objects(self._layout.date_data(day)):
+            owner = self._layout.parse_data_key(item.key)
+            if owner is not None and owner.generation is not None:
+                floor = max(floor, owner.generation)
+        return DateState(date=day, claim=claim, committed=committed, floor=floor)
+
+    async def swap(self, state: DateState, etag: str | None) -> tuple[DateState, str]:
+        """Replace the version ``etag`` by ``state`` (given a fresh revision); the new ETag.
+
+        Raises :class:`WriteConflictError` if the state changed since it was read.
+        """
+        state = state.model_copy(update={"revision": uuid.uuid4().hex})
+        body = state.model_dump_json().encode()
+        new_etag = await put_conditionally(
+            self._store, self._layout.manifest(state.date), body, etag
+        )
+        return state, new_etag
+
+
+class ManifestStore:
+    """The committed version of each date, as kept in its date state."""
+
+    def __init__(self, store: ObjectStore, layout: Layout) -> None:
+        self._ledger = DateLedger(store, layout)
+
+    async def get(self, day: date) -> tuple[Manifest | None, str | None]:
+        state, etag = await self._ledger.read(day)
+        return state.committed, etag
 
     async def commit(self, manifest: Manifest, expected_etag: str | None) -> None:
-        """Switch the date to ``manifest`` in one PUT; raises WriteConflictError if it moved."""
-        body = manifest.model_dump_json().encode()
-        key = self._layout.manifest(manifest.date)
-        if expected_etag is None:
-            await self._store.put(key, body, if_none_match=True)
-        else:
-            await self._store.put(key, body, if_match=expected_etag)
+        """Replace the committed version, keeping the claim and lease; for backfills and tests.
+
+        Raises :class:`WriteConflictError` if the date state moved since ``expected_etag``.
+        """
+        state, etag = await self._ledger.read(manifest.date)
+        if etag != expected_etag:
+            raise WriteConflictError(f"date {manifest.date}")
+        await self._ledger.swap(state.model_copy(update={"committed": manifest}), etag)

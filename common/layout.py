@@ -7,9 +7,9 @@
     <prefix>jobs-index/date=2024-01-01/<inverted time>-<job_id>  a date's jobs, newest first
     <prefix>dates/date=2024-01-01/latest-job.json                 the date's newest job
     <prefix>manifests/date=2024-01-01/manifest.json               the date's committed version
-    <prefix>data/date=2024-01-01/gen=<g>/job=<job_id>/run=<run_id>/city=<id>.jsonl   one city
-    <prefix>data/date=2024-01-01/gen=<g>/job=<job_id>/run=<run_id>/city=<id>.json    its record
-    <prefix>data/date=2024-01-01/gen=<g>/job=<job_id>/run=<run_id>/rejects.jsonl     bad records
+    <prefix>data/date=2024-01-01/gen=<g>/job=<job_id>/run=<run_id>/city=<id>.jsonl.zst  one city
+    <prefix>data/date=2024-01-01/gen=<g>/job=<job_id>/run=<run_id>/city=<id>.json       its record
+    <prefix>data/date=2024-01-01/gen=<g>/job=<job_id>/run=<run_id>/rejects.jsonl.zst    bad records
     <prefix>partials/date=2024-01-01/...   sums sidecars of earlier versions (swept)
 
 Data objects live under the claim (``gen``, the date's generation) and job that made
@@ -18,6 +18,11 @@ manifest of the same or a later generation is committed, whatever any clock says
 committed before generations existed keep their keys ``data/date=<d>/run=<run_id>/...``
 (:func:`parse_data_key` reads them as generation ``None``).
 
+A city object's and the rejects' suffix says their codec (:mod:`common.codec`):
+``.jsonl.zst`` (zstd, the default), ``.jsonl.gz`` (gzip) or ``.jsonl`` (none, and every
+object written before codecs). Every data object's name ends in ``.jsonl`` plus the
+codec's suffix; a city's completion record, and nothing else, ends in ``.json``.
+
 City and country names come from an outside server and never appear in a key.
 """
 
@@ -25,6 +30,8 @@ import re
 from dataclasses import dataclass
 from datetime import date
 from typing import Final
+
+from common.codec import SUFFIXES, Codec
 
 _ID: Final = re.compile(r"^[0-9a-f]{32}$")
 _DATA_KEY: Final = re.compile(
@@ -42,7 +49,12 @@ class DataKey:
     generation: int | None  # None: written before generations existed
     job_id: str | None
     run_id: str
-    name: str  # city=<id>.jsonl, city=<id>.json or rejects.jsonl
+    name: str  # city=<id>.jsonl[.zst|.gz], city=<id>.json or rejects.jsonl[.zst|.gz]
+
+    @property
+    def is_record(self) -> bool:
+        """A city's completion record (``city=<id>.json``), not a data object."""
+        return self.name.endswith(".json")
 
 
 def check_id(value: str, what: str) -> str:
@@ -85,9 +97,11 @@ class Layout:
         return f"{self.job_data(day, generation, job_id)}run={check_id(run_id, 'run id')}/"
 
     def city_object(
-        self, day: date, generation: int, job_id: str, run_id: str, city_id: int
+        self, day: date, generation: int, job_id: str, run_id: str, city_id: int, *, codec: Codec
     ) -> str:
-        return f"{self.run_data(day, generation, job_id, run_id)}city={int(city_id)}.jsonl"
+        """A city's records, the codec's suffix last (``city=3.jsonl.zst``)."""
+        run = self.run_data(day, generation, job_id, run_id)
+        return f"{run}city={int(city_id)}{SUFFIXES[codec]}"
 
     def city_record(
         self, day: date, generation: int, job_id: str, run_id: str, city_id: int
@@ -95,8 +109,10 @@ class Layout:
         """The small record written once a city's object is complete (for resuming)."""
         return f"{self.run_data(day, generation, job_id, run_id)}city={int(city_id)}.json"
 
-    def rejects_object(self, day: date, generation: int, job_id: str, run_id: str) -> str:
-        return f"{self.run_data(day, generation, job_id, run_id)}rejects.jsonl"
+    def rejects_object(
+        self, day: date, generation: int, job_id: str, run_id: str, *, codec: Codec
+    ) -> str:
+        return f"{self.run_data(day, generation, job_id, run_id)}rejects{SUFFIXES[codec]}"
 
     def parse_data_key(self, key: str) -> DataKey | None:
         """Who wrote a data object, from its key; ``None`` for a key of no known form."""

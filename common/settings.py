@@ -10,8 +10,18 @@ import sys
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.codec import DEFAULT_CODEC, Codec, resolve_level
 
 DateParam = Literal["auto", "datetime", "date"]
 
@@ -40,9 +50,24 @@ def endpoint_url(value: str, schemes: tuple[str, ...]) -> str:
     return value.strip()
 
 
+def split_urls(value: str) -> tuple[str, ...]:
+    """The URLs of a comma-separated list, stripped, empty items left out."""
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
 def _amqp_url(value: SecretStr) -> SecretStr:
-    endpoint_url(value.get_secret_value(), ("amqp", "amqps"))
-    return value
+    """One ``amqp(s)://`` URL, or a comma-separated list of them (one per broker node)."""
+    urls = split_urls(value.get_secret_value())
+    if not urls:
+        raise ValueError("must be a URL starting with amqp:// or amqps://, e.g. amqp://host:port/")
+    for number, url in enumerate(urls, start=1):
+        try:
+            endpoint_url(url, ("amqp", "amqps"))
+        except ValueError as error:
+            if len(urls) == 1:
+                raise
+            raise ValueError(f"URL {number} of {len(urls)} {error}") from None
+    return SecretStr(",".join(urls))
 
 
 def _http_url(value: str) -> str:
@@ -52,6 +77,20 @@ def _http_url(value: str) -> str:
 def _metrics_port(value: object) -> object:
     """``off`` (any case) turns the consumer's metrics and health server off."""
     return None if isinstance(value, str) and value.strip().lower() == METRICS_OFF else value
+
+
+_DAY_SECONDS = 86400
+
+
+def _delays(value: str) -> str:
+    """Comma-separated positive numbers of seconds, e.g. ``5,15,45``."""
+    try:
+        delays = [float(part) for part in value.split(",")]
+    except ValueError:
+        raise ValueError("must be numbers of seconds separated by commas, e.g. 5,15,45") from None
+    if not all(0 < delay <= _DAY_SECONDS for delay in delays):
+        raise ValueError(f"every delay must be more than 0 and at most {_DAY_SECONDS} seconds")
+    return value
 
 
 AmqpUrl = Annotated[SecretStr, AfterValidator(_amqp_url)]
@@ -80,12 +119,20 @@ class Settings(BaseSettings):
     # API
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65535)
-    api_token: SecretStr | None = None
+    api_token: SecretStr | None = Field(
+        None, description="required by POST /process-request when set; also grants reads"
+    )
+    api_read_token: SecretStr | None = Field(
+        None, description="required by every read route (stats, jobs, dates, docs) when set"
+    )
     cors_origins: str = Field(
         "", description="origins (comma-separated) browsers may call the API from; '*': any"
     )
     max_range_days: int = Field(366, ge=1)
     stats_concurrency: int = Field(4, ge=1, le=64)
+    verify_max_dates: int = Field(
+        31, ge=1, description="dates one country-stats request with verify=true may cover"
+    )
     publish_timeout_seconds: float = Field(5.0, gt=0)
 
     # Consumer
@@ -99,7 +146,17 @@ class Settings(BaseSettings):
     date_param: DateParam = "auto"
     part_size_bytes: int = Field(5 * 1024 * 1024, ge=5 * 1024 * 1024)
     memory_budget_bytes: int = Field(32 * 1024 * 1024, ge=5 * 1024 * 1024)
-    delivery_limit: int = Field(3, ge=1, le=100)
+    delivery_limit: int = Field(
+        10, ge=1, le=100, description="failed deliveries of a job before it ends failed"
+    )
+    retry_delays_seconds: Annotated[str, AfterValidator(_delays)] = Field(
+        "5,15,45,120,300",
+        description="waits before a failed job's next deliveries (comma-separated, growing); "
+        "the last one repeats",
+    )
+    retry_budget_seconds: float = Field(
+        900.0, ge=0, description="a failed job is retried while its waits add up to at most this"
+    )
     shutdown_grace_seconds: float = Field(20.0, ge=0)
     heartbeat_seconds: float = Field(
         5.0, gt=0, description="a running job rewrites its state and checks its claim this often"
@@ -110,10 +167,28 @@ class Settings(BaseSettings):
     metrics_port: MetricsPort = Field(
         9100, description="the consumer's metrics and /healthz; 0: any free port; off: none"
     )
+    object_codec: Codec = Field(
+        DEFAULT_CODEC, description="how city objects and rejects are compressed: zstd, gzip, none"
+    )
+    object_level: int | None = Field(
+        None, description="the codec's level (zstd 1..22, gzip 1..9); unset: zstd 1, gzip 6"
+    )
 
     # Logging
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """The broker URLs of ``amqp_url``, in order: one per node of a cluster (or one)."""
+        return split_urls(self.amqp_url.get_secret_value())
+
+    @field_validator("object_level")
+    @classmethod
+    def _object_level(cls, value: int | None, info: ValidationInfo) -> int | None:
+        """A level the chosen codec has (checked here, not at the first object written)."""
+        resolve_level(info.data.get("object_codec", DEFAULT_CODEC), value)
+        return value
 
     @property
     def part_slots(self) -> int:

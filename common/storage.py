@@ -38,10 +38,19 @@ else:
 
 log = get_logger(__name__)
 _DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
+_DELETE_TRIES = 4  # a DeleteObjects batch whose answer lists failed keys is retried for them
 
 
 class WriteConflictError(Exception):
     """A conditional write lost: the object changed (or appeared) since it was read."""
+
+
+class DeleteError(Exception):
+    """S3 reported keys it did not delete, after retries: they are still there."""
+
+    def __init__(self, keys: list[str]) -> None:
+        super().__init__(f"{len(keys)} object(s) could not be deleted")
+        self.keys = keys
 
 
 @dataclass(frozen=True)
@@ -187,7 +196,12 @@ class S3Store:
         try:
             response = await self.client.put_object(**request)
         except ClientError as error:
-            if _error_code(error) in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
+            code = _error_code(error)
+            # 412: the precondition failed; 409: another conditional write raced this one;
+            # 404 on If-Match: the object it names was deleted meanwhile (AWS answers so).
+            if code in {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"} or (
+                if_match is not None and code in {"NoSuchKey", "404"}
+            ):
                 raise WriteConflictError(key) from error
             raise
         return response["ETag"]
@@ -203,9 +217,27 @@ class S3Store:
             await self._delete_batch(batch)
 
     async def _delete_batch(self, keys: list[str]) -> None:
-        await self.client.delete_objects(
-            Bucket=self.bucket, Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True}
-        )
+        """Delete ``keys``; the keys S3 reports it did not delete are tried again.
+
+        ``DeleteObjects`` answers 200 even when some keys fail (``Errors``, e.g.
+        ``InternalError`` or ``SlowDown`` per key): those are retried a few times, then
+        reported by :class:`DeleteError`, never counted as deleted.
+        """
+        for _ in range(_DELETE_TRIES):
+            answer = await self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
+            )
+            failed = [error for error in answer.get("Errors", []) if error.get("Key")]
+            if not failed:
+                return
+            keys = [str(error["Key"]) for error in failed]
+            log.warning(
+                "objects.delete_failed",
+                keys=len(keys),
+                codes=sorted({str(error.get("Code", "")) for error in failed}),
+            )
+        raise DeleteError(keys)
 
     async def list_objects(self, prefix: str, start_after: str = "") -> AsyncIterator[ObjectInfo]:
         """Keys under ``prefix`` in lexicographic order, from after ``start_after`` if given."""

@@ -7,9 +7,14 @@
                                          v
     dead-letter exchange (fanout) --> dead-letter queue (quorum)
 
+    a failed job to be retried later (consumer) --> retry exchange (direct)
+        --<delay queue's name>--> delay queue (quorum, fixed x-message-ttl, one per wait)
+        --expired, dead-lettered at least once--> jobs exchange --job--> jobs queue
+
 The producer, the consumer and the tests all call :func:`declare_topology`.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -47,6 +52,14 @@ class Names:
     def dead_letter_queue(self) -> str:
         return f"{self.namespace}.jobs.dead-letter"
 
+    @property
+    def retry_exchange(self) -> str:
+        return f"{self.namespace}.jobs.retry"
+
+    def delay_queue(self, seconds: float) -> str:
+        """The queue where a job waits ``seconds`` before it goes back to the job queue."""
+        return f"{self.namespace}.jobs.delay.{round(seconds * 1000)}ms"
+
 
 @dataclass(frozen=True)
 class Topology:
@@ -54,12 +67,19 @@ class Topology:
     exchange: AbstractExchange
     queue: AbstractQueue
     dead_letter_queue: AbstractQueue
+    retry_exchange: AbstractExchange | None = None  # declared when there are delays
 
 
 async def declare_topology(
-    channel: AbstractChannel, namespace: str, delivery_limit: int
+    channel: AbstractChannel,
+    namespace: str,
+    delivery_limit: int,
+    retry_delays: Iterable[float] = (),
 ) -> Topology:
-    """Declare (idempotently) the exchanges and queues and bind them."""
+    """Declare (idempotently) the exchanges and queues and bind them.
+
+    ``retry_delays``: the waits of failed jobs (the consumers'), one delay queue each.
+    """
     names = Names(namespace)
     dead_letter_exchange = await channel.declare_exchange(
         names.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
@@ -78,17 +98,57 @@ async def declare_topology(
     }
     queue = await channel.declare_queue(names.queue, durable=True, arguments=arguments)
     await queue.bind(exchange, routing_key=ROUTING_KEY)
+    retry_exchange = await _declare_delays(channel, names, sorted(set(retry_delays)))
     return Topology(
-        names=names, exchange=exchange, queue=queue, dead_letter_queue=dead_letter_queue
+        names=names,
+        exchange=exchange,
+        queue=queue,
+        dead_letter_queue=dead_letter_queue,
+        retry_exchange=retry_exchange,
     )
 
 
-async def delete_topology(channel: AbstractChannel, namespace: str) -> None:
+async def _declare_delays(
+    channel: AbstractChannel, names: Names, delays: list[float]
+) -> AbstractExchange | None:
+    """The retry exchange and a delay queue per wait, each routed by its own name.
+
+    A delay queue has a fixed TTL (so messages expire in order, at its head) and no
+    consumer: an expired message is dead-lettered to the jobs exchange, at least once
+    (RabbitMQ 3.10+ quorum queues; ``reject-publish`` overflow is what that requires).
+    """
+    if not delays:
+        return None
+    retry_exchange = await channel.declare_exchange(
+        names.retry_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    for seconds in delays:
+        name = names.delay_queue(seconds)
+        delay_queue = await channel.declare_queue(
+            name,
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-message-ttl": round(seconds * 1000),
+                "x-dead-letter-exchange": names.exchange,
+                "x-dead-letter-routing-key": ROUTING_KEY,
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            },
+        )
+        await delay_queue.bind(retry_exchange, routing_key=name)
+    return retry_exchange
+
+
+async def delete_topology(
+    channel: AbstractChannel, namespace: str, retry_delays: Iterable[float] = ()
+) -> None:
     """Remove every exchange and queue of a namespace (tests and teardown)."""
     names = Names(namespace)
-    for queue in (names.queue, names.dead_letter_queue):
+    delay_queues = [names.delay_queue(seconds) for seconds in set(retry_delays)]
+    for queue in (names.queue, names.dead_letter_queue, *delay_queues):
         await channel.queue_delete(queue)
-    for exchange in (names.exchange, names.dead_letter_exchange):
+    for exchange in (names.exchange, names.dead_letter_exchange, names.retry_exchange):
         await channel.exchange_delete(exchange)
 
 

@@ -21,6 +21,7 @@ import aiohttp
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from common.failures import DiagnosedError
 from common.logs import get_logger
 from common.settings import DateParam, Settings
 
@@ -29,8 +30,8 @@ _ERROR_BODY_BYTES: Final = 4096
 log = get_logger(__name__)
 
 
-class FetchError(Exception):
-    """A request to the reference server failed."""
+class FetchError(DiagnosedError):
+    """A request to the reference server failed (``status``: the HTTP status, if any)."""
 
 
 class RetryableFetchError(FetchError):
@@ -162,8 +163,8 @@ class ReferenceClient:
             raise _DateRejectedError
         message = f"HTTP {status} from {response.url.path}"
         if status >= 500 or status in {408, 429}:  # noqa: PLR2004 - server-side, may heal
-            raise RetryableFetchError(message)
-        raise PermanentFetchError(message)
+            raise RetryableFetchError(message, status=status)
+        raise PermanentFetchError(message, status=status)
 
 
 class _DateRejectedError(Exception):

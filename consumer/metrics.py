@@ -6,6 +6,8 @@ from types import TracebackType
 from typing import Self
 
 from aiohttp import web
+from botocore.awsrequest import AWSResponse
+from botocore.hooks import BaseEventHooks
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -61,6 +63,42 @@ class ConsumerMetrics:
             buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
             registry=self.registry,
         )
+        self.s3_errors = Counter(
+            "busstats_consumer_s3_errors",
+            "S3 requests that failed after the SDK's retries (5xx or no answer), by operation",
+            ["operation"],
+            registry=self.registry,
+        )
+        self.broker_connection_losses = Counter(
+            "busstats_consumer_broker_connection_losses",
+            "Times the broker connection was lost",
+            registry=self.registry,
+        )
+
+
+def count_s3_errors(events: BaseEventHooks, errors: Counter) -> None:
+    """Count in ``errors`` (label ``operation``) every S3 request of the client whose
+    ``meta.events`` is ``events`` that failed after the SDK's own retries: an answer of
+    500 or more, or none at all. 4xx answers are outcomes the code expects (a missing
+    key, a lost compare-and-swap), not errors."""
+
+    def after_call(http_response: AWSResponse, event_name: str, **_: object) -> None:
+        if http_response.status_code >= _SERVER_ERROR:
+            errors.labels(_operation(event_name)).inc()
+
+    def after_call_error(event_name: str, **_: object) -> None:
+        errors.labels(_operation(event_name)).inc()
+
+    events.register("after-call.s3", after_call, unique_id="busstats-s3-errors")
+    events.register("after-call-error.s3", after_call_error, unique_id="busstats-s3-no-answer")
+
+
+_SERVER_ERROR = 500
+
+
+def _operation(event_name: str) -> str:
+    """``after-call.s3.PutObject`` -> ``PutObject``."""
+    return event_name.rsplit(".", 1)[-1]
 
 
 class MetricsServer:

@@ -8,20 +8,20 @@ date has been claimed by a newer job since is acked without a replay: that newer
 the date. Undecodable messages are left in the dead-letter queue for inspection.
 """
 
-import uuid
+from datetime import timedelta
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from common.jobs import JobStore
 from common.layout import Layout
+from common.lifecycle import Lifecycle
 from common.logs import get_logger
 from common.messages import (
     JobMessage,
     UndecodableMessageError,
     decode_job,
 )
-from common.models import JobState
 from common.settings import Settings
 from common.storage import open_store
 from common.topology import ROUTING_KEY, declare_topology, job_message
@@ -34,8 +34,12 @@ async def replay_dead_letters(settings: Settings, *, limit: int | None = None) -
     """Replay up to ``limit`` dead-lettered jobs; returns how many new jobs were queued."""
     replayed = 0
     async with open_store(settings) as store:
-        jobs = JobStore(store, Layout(settings.s3_prefix))
-        connection = await aio_pika.connect_robust(settings.amqp_url.get_secret_value())
+        layout = Layout(settings.s3_prefix)
+        jobs = JobStore(store, layout)
+        lifecycle = Lifecycle(
+            store, layout, stale_after=timedelta(seconds=settings.stale_job_seconds)
+        )
+        connection = await aio_pika.connect_robust(settings.amqp_urls[0])  # one node is enough
         async with connection:
             channel = await connection.channel(publisher_confirms=True)
             topology = await declare_topology(channel, settings.namespace, settings.delivery_limit)
@@ -50,27 +54,35 @@ async def replay_dead_letters(settings: Settings, *, limit: int | None = None) -
                     skipped.append(message)
                     continue
                 state = await jobs.get(dead.job_id)
-                pointer, _ = await jobs.claim_of(dead.date)
+                dated, _ = await lifecycle.dates.read(dead.date)
                 generation = 0 if state is None else state.generation
+                claim = dated.claim
                 if (
-                    pointer is not None
-                    and pointer.job_id != dead.job_id
-                    and pointer.generation > generation
+                    claim is not None
+                    and claim.job_id != dead.job_id
+                    and claim.generation > generation
                 ):
                     log.info(
                         "job.replay_skipped",
                         job_id=dead.job_id,
                         date=dead.date.isoformat(),
-                        newer_job_id=pointer.job_id,
+                        newer_job_id=claim.job_id,
                     )
                     await message.ack()
                     continue
-                job = await jobs.claim(JobState.queued(uuid.uuid4().hex, dead.date, force=True))
+                job, _, _ = await lifecycle.claim(dead.date, force=True, reuse=lambda *_: False)
                 replay = JobMessage(job_id=job.job_id, date=job.date, force=True)
-                await topology.exchange.publish(
-                    job_message(replay, app_id=APP_ID, replay_of=dead.job_id),
-                    routing_key=ROUTING_KEY,
-                )
+                try:
+                    await topology.exchange.publish(
+                        job_message(replay, app_id=APP_ID, replay_of=dead.job_id),
+                        routing_key=ROUTING_KEY,
+                    )
+                except BaseException:
+                    # Not queued: end the new claim; the dead letter stays for a later replay.
+                    await lifecycle.end(
+                        job.job_id, job.date, "the broker did not confirm the replay"
+                    )
+                    raise
                 await message.ack()
                 replayed += 1
                 log.info(

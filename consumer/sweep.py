@@ -8,28 +8,27 @@ manifest does not name may go, whether they still run or not. Runs of a later ge
 are never touched by that rule: they belong to a newer claim.
 
 The final sweep (``python -m consumer sweep``) also removes the leftovers of jobs that
-ended (``succeeded`` or ``failed``): an ended job never runs again, so nothing it wrote
-outside a committed manifest can be needed. A job that is queued or running keeps
-everything (it may resume), whatever its age: no clock ever decides what is deleted.
+can never commit, by the date's state (:meth:`common.lifecycle.Lifecycle.may_commit`):
+neither the date's live claim nor its lease holder. The claim's job and the lease's keep
+everything (they may resume), whatever their age: no clock ever decides what is deleted.
 
 Multipart uploads follow the same rules as objects. Partial-sum sidecars (``partials/``)
 were written by earlier versions only and are read by nothing now: a sweep deletes them.
 """
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import date
 
 from common.days import days_between
-from common.jobs import JobStore, ManifestStore
+from common.jobs import DateLedger
 from common.layout import DataKey, Layout
+from common.lifecycle import Lifecycle
 from common.logs import get_logger
-from common.models import Manifest
+from common.models import DateState, Manifest
 from common.settings import Settings
 from common.storage import ObjectStore, open_store
 
 log = get_logger(__name__)
-
-_ENDED = frozenset({"succeeded", "failed"})
 
 
 @dataclass
@@ -42,48 +41,42 @@ class SweepCounts:
 
 @dataclass
 class _Owners:
-    """Decides, for one date, whether what a run wrote may be deleted."""
+    """Decides, for one date, whether what a run wrote may be deleted.
 
-    jobs: JobStore
+    From the date's state alone (:meth:`Lifecycle.may_commit`): objects of a job that can
+    never commit again may go. ``state`` is ``None`` for the commit's sweep, which only
+    deletes generations at or below the committed one.
+    """
+
     committed: Manifest | None
-    check_jobs: bool
-    _ended: dict[str, bool] = field(default_factory=dict)
+    state: DateState | None
 
-    async def may_delete(self, owner: DataKey) -> bool:
+    def may_delete(self, owner: DataKey) -> bool:
         if owner.generation is None:
             # Written before generations existed, and not named by the manifest: a run of
             # an older version, which consumers no longer run (upgrades drain them first).
             return True
         if self.committed is not None and owner.generation <= self.committed.generation:
             return True
-        if not self.check_jobs or owner.job_id is None:
+        if self.state is None or owner.job_id is None:
             return False
-        return await self._job_ended(owner.job_id)
-
-    async def _job_ended(self, job_id: str) -> bool:
-        if job_id not in self._ended:
-            state = await self.jobs.get(job_id)
-            # No state at all: the job was never started by a consumer (a run saves its
-            # state before it writes anything), so nothing can resume from these objects.
-            self._ended[job_id] = state is None or state.status in _ENDED
-        return self._ended[job_id]
+        return not Lifecycle.may_commit(self.state, owner.job_id, owner.generation)
 
 
 class Sweeper:
     def __init__(self, store: ObjectStore, layout: Layout) -> None:
         self._store = store
         self._layout = layout
-        self.jobs = JobStore(store, layout)
-        self.manifests = ManifestStore(store, layout)
+        self.dates_ledger = DateLedger(store, layout)
 
     async def after_commit(self, manifest: Manifest) -> SweepCounts:
         """What runs of this generation or older left of the date (the commit's sweep)."""
-        return await self._sweep(manifest.date, manifest, check_jobs=False)
+        return await self._sweep(manifest.date, manifest, None)
 
     async def final(self, day: date) -> SweepCounts:
-        """Everything of the date that neither its manifest nor a job still active needs."""
-        committed, _ = await self.manifests.get(day)
-        return await self._sweep(day, committed, check_jobs=True)
+        """Everything of the date that neither its committed version nor a live job needs."""
+        state, _ = await self.dates_ledger.read(day)
+        return await self._sweep(day, state.committed, state)
 
     async def dates(self) -> list[date]:
         """Every date that has data objects, uploads or partials (for a full sweep)."""
@@ -102,20 +95,10 @@ class Sweeper:
                 found.add(day)
         return sorted(found)
 
-    async def delete_job(self, day: date, generation: int, job_id: str) -> SweepCounts:
-        """Everything one job wrote under the date (it ended without committing)."""
-        prefix = self._layout.job_data(day, generation, job_id)
-        keys = [item.key async for item in self._store.list_objects(prefix)]
-        await self._store.delete(keys)
-        uploads = await self._store.pending_uploads(prefix)
-        for upload in uploads:
-            await self._store.abort_upload(upload.key, upload.upload_id)
-        return SweepCounts(objects=len(keys), uploads=len(uploads))
-
     async def _sweep(
-        self, day: date, committed: Manifest | None, *, check_jobs: bool
+        self, day: date, committed: Manifest | None, state: DateState | None
     ) -> SweepCounts:
-        owners = _Owners(self.jobs, committed, check_jobs)
+        owners = _Owners(committed, state)
         keep: set[str] = set()
         if committed is not None:
             keep = {city.key for city in committed.cities}
@@ -129,7 +112,7 @@ class Sweeper:
             owner = layout.parse_data_key(item.key)
             if item.key in keep or owner is None:
                 counts.kept += 1
-            elif await owners.may_delete(owner):
+            elif owners.may_delete(owner):
                 stale.append(item.key)
             else:
                 counts.kept += 1
@@ -138,7 +121,7 @@ class Sweeper:
 
         for upload in await store.pending_uploads(layout.date_data(day)):
             owner = layout.parse_data_key(upload.key)
-            if owner is not None and await owners.may_delete(owner):
+            if owner is not None and owners.may_delete(owner):
                 await store.abort_upload(upload.key, upload.upload_id)
                 counts.uploads += 1
 

@@ -3,8 +3,10 @@
 One place decides what to tell the broker (:meth:`Worker._settle`):
 
 - the job committed, was already done, or stood down for a newer claim: ack;
-- a failure before the job's last delivery: reject with requeue (the quorum queue
-  counts it in ``x-delivery-count``);
+- a retryable failure before the job's last delivery: retry later, growing waits
+  (:mod:`consumer.delays`): a confirmed copy with the failures so far goes to the delay
+  queue of its wait, which dead-letters it back to the job queue when it expires, and
+  the original is acked (if the copy is not confirmed: reject with requeue);
 - a permanent failure or the last delivery's failure (the job's state already says
   ``failed`` and why), or an undecodable message: reject without requeue, so it goes to
   the dead-letter queue;
@@ -36,22 +38,27 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiormq.exceptions import AMQPError
 
+from common import amqp
+from common.jobs import NEWER_VERSION
 from common.logs import get_logger
-from common.messages import JobMessage, UndecodableMessageError, decode_job
+from common.messages import JobMessage, NewerMessageError, UndecodableMessageError, decode_job
+from common.models import utc_now
 from common.settings import Settings
 from common.startup import ConnectState, retry_until_up, where
 from common.storage import connect_store, ensure_bucket_until_up, s3_connect_state
+from common.store_probe import probe_conditional_writes
 from common.topology import ROUTING_KEY, Topology, declare_topology
+from consumer.delays import RetrySchedule
 from consumer.fetcher import ReferenceClient
 from consumer.handler import Handler, JobFailedError
-from consumer.metrics import ConsumerMetrics
+from consumer.metrics import ConsumerMetrics, count_s3_errors
 
 log = get_logger(__name__)
 DELIVERY_COUNT_HEADER: Final = "x-delivery-count"
 FAILURES_HEADER: Final = "x-bus-stats-failures"
 RECONNECT_SECONDS: Final = 1.0  # how soon a lost broker connection is retried
 APP_ID: Final = "bus-stats-consumer"
-Decision = Literal["ack", "requeue", "dead-letter", "republish"]
+Decision = Literal["ack", "requeue", "dead-letter", "republish", "retry-later"]
 
 
 def _header_int(message: AbstractIncomingMessage, name: str) -> int:
@@ -68,6 +75,7 @@ class Worker:
     def __init__(self, settings: Settings, metrics: ConsumerMetrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or ConsumerMetrics()
+        self.retries = RetrySchedule.from_settings(settings)
         self._running: dict[asyncio.Task[None], AbstractIncomingMessage] = {}
         self._handler: Handler | None = None
         self._connection: AbstractRobustConnection | None = None
@@ -110,7 +118,9 @@ class Worker:
             store = await stack.enter_async_context(
                 connect_store(settings, max_connections=settings.city_concurrency + 8)
             )
+            count_s3_errors(store.client.meta.events, self.metrics.s3_errors)
             await ensure_bucket_until_up(store, s3_connect_state(settings))
+            await probe_conditional_writes(store, settings.s3_prefix)  # or FatalStartupError
             session = await stack.enter_async_context(
                 aiohttp.ClientSession(
                     connector=aiohttp.TCPConnector(
@@ -123,18 +133,22 @@ class Worker:
                 settings, store, ReferenceClient(session, settings), self.metrics
             )
             connection = await retry_until_up(
-                ConnectState("broker", where(settings.amqp_url.get_secret_value())),
+                ConnectState("broker", ", ".join(map(where, settings.amqp_urls))),
                 lambda: stack.enter_async_context(self._connect()),
                 retry_on=(OSError, AMQPError, aio_pika.exceptions.AMQPException, TimeoutError),
             )
             self._connection = connection
             channel = await connection.channel()
+            # A channel the broker closes (consumer_timeout, a protocol error) takes its
+            # deliveries with it: their runs stop at once, whatever the connection does.
+            channel.close_callbacks.add(self._on_channel_lost)
             await channel.set_qos(prefetch_count=settings.job_concurrency)
             topology = await declare_topology(channel, settings.namespace, settings.delivery_limit)
             self._publisher = await declare_topology(
                 await connection.channel(publisher_confirms=True),
                 settings.namespace,
                 settings.delivery_limit,
+                self.retries.distinct,
             )
             consumer_tag = await topology.queue.consume(self._on_message)
             log.info(
@@ -146,11 +160,13 @@ class Worker:
 
     @contextlib.asynccontextmanager
     async def _connect(self) -> AsyncIterator[AbstractRobustConnection]:
-        connection = await aio_pika.connect_robust(
-            self.settings.amqp_url.get_secret_value(),
+        # Fails over across the nodes of BUSSTATS_AMQP_URL (common.amqp).
+        connection = await amqp.connect(
+            self.settings.amqp_urls,
+            app=APP_ID,
+            namespace=self.settings.namespace,
+            connect_seconds=self.settings.connect_timeout_seconds,
             reconnect_interval=RECONNECT_SECONDS,
-            timeout=self.settings.connect_timeout_seconds,
-            client_properties={"connection_name": f"{APP_ID} {self.settings.namespace}"},
         )
         connection.close_callbacks.add(self._on_connection_lost)
         try:
@@ -161,8 +177,16 @@ class Worker:
 
     def _on_connection_lost(self, _sender: Any, error: BaseException | None) -> None:
         log.warning("broker.connection_lost", running=len(self._running), error=repr(error))
+        self.metrics.broker_connection_losses.inc()
         for task in self._running:
             task.cancel("broker connection lost")
+
+    def _on_channel_lost(self, _sender: Any, error: BaseException | None) -> None:
+        if not self._running:
+            return
+        log.warning("broker.channel_lost", running=len(self._running), error=repr(error))
+        for task in self._running:
+            task.cancel("broker channel lost: its deliveries are back in the queue")
 
     async def _shutdown(self, topology: Topology, consumer_tag: str) -> None:
         log.info("consumer.stopping", running=len(self._running))
@@ -188,6 +212,16 @@ class Worker:
         failures = failed_deliveries(message)
         try:
             job = decode_job(message.body)
+        except NewerMessageError as newer:
+            # Written by a newer version: its job says so and the message is done with,
+            # rather than looping until the broker dead-letters it.
+            log.warning("message.newer_version", message_id=message.message_id, error=str(newer))
+            if self._handler is not None and newer.job_id is not None:
+                reason = f"the job's message was {NEWER_VERSION}: upgrade the consumers"
+                with contextlib.suppress(Exception):
+                    await self._handler.lifecycle.fail_only_state(newer.job_id, reason)
+            await self._settle(message, "ack", failures)
+            return
         except UndecodableMessageError as error:
             log.warning("message.undecodable", message_id=message.message_id, error=str(error))
             await self._settle(message, "dead-letter", failures)
@@ -195,12 +229,12 @@ class Worker:
         with structlog.contextvars.bound_contextvars(
             job_id=job.job_id, date=job.date.isoformat(), delivery=failures + 1
         ):
-            decision = await self._run_job(job, failures)
+            decision = await self._run_job(job, failures, redelivered=bool(message.redelivered))
             await self._settle(message, decision, failures)
 
-    async def _run_job(self, job: JobMessage, failures: int) -> Decision:
+    async def _run_job(self, job: JobMessage, failures: int, *, redelivered: bool) -> Decision:
         assert self._handler is not None  # noqa: S101 - set before consuming starts
-        limit = self.settings.delivery_limit
+        limit = self.retries.limit
         give_up = None
         if failures > limit:
             give_up = (
@@ -209,16 +243,25 @@ class Worker:
             )
         try:
             state = await self._handler.handle(
-                job, last_delivery=failures >= limit, give_up=give_up
+                job,
+                last_delivery=failures >= limit,
+                give_up=give_up,
+                next_attempt_at=self.retries.next_attempt_at(utc_now(), failures + 1),
+                redelivered=redelivered,
             )
         except asyncio.CancelledError:
             return "republish" if self._stopping else "requeue"
         except JobFailedError as error:
-            return "requeue" if error.retryable and failures < limit else "dead-letter"
-        except Exception as error:  # S3 down or a bug: the next delivery decides
+            return "retry-later" if error.retryable and failures < limit else "dead-letter"
+        except Exception as error:  # S3 down or a bug: a later delivery decides
             log.exception("job.crashed", error=repr(error))
-            return "requeue"
-        if give_up is not None and state.status == "failed" and state.error == give_up:
+            return "retry-later"
+        if (
+            give_up is not None
+            and state is not None
+            and state.status == "failed"
+            and state.error == give_up
+        ):
             return "dead-letter"
         return "ack"
 
@@ -229,6 +272,8 @@ class Worker:
         try:
             if decision == "republish":
                 decision = await self._republish(message, failures)
+            elif decision == "retry-later":
+                decision = await self._republish(message, failures + 1, later=True)
             if decision == "ack":
                 await message.ack()
             else:
@@ -238,15 +283,27 @@ class Worker:
         else:
             log.info("message.settled", decision=decision)
 
-    async def _republish(self, message: AbstractIncomingMessage, failures: int) -> Decision:
-        """A confirmed copy carrying the failures so far: then the original may be acked."""
+    async def _republish(
+        self, message: AbstractIncomingMessage, failures: int, *, later: bool = False
+    ) -> Decision:
+        """A confirmed copy carrying the failures so far: then the original may be acked.
+
+        ``later``: the copy goes to the delay queue of the wait after ``failures``, which
+        hands it back to the job queue when the wait is over.
+        """
         publisher = self._publisher
         if publisher is None:
             return "requeue"
+        exchange, routing_key, wait = publisher.exchange, ROUTING_KEY, 0.0
+        if later:
+            if publisher.retry_exchange is None:  # no waits at all: retried at once
+                return "requeue"
+            exchange, wait = publisher.retry_exchange, self.retries.wait_after(failures)
+            routing_key = publisher.names.delay_queue(wait)
         headers = {
             key: value
             for key, value in (message.headers or {}).items()
-            if key != DELIVERY_COUNT_HEADER and not key.startswith("x-death")
+            if key != DELIVERY_COUNT_HEADER and "-death" not in key  # x-death, x-first-death-*
         }
         headers[FAILURES_HEADER] = failures
         copy = aio_pika.Message(
@@ -260,9 +317,12 @@ class Worker:
         )
         try:
             async with asyncio.timeout(self.settings.publish_timeout_seconds):
-                await publisher.exchange.publish(copy, routing_key=ROUTING_KEY, mandatory=True)
+                await exchange.publish(copy, routing_key=routing_key, mandatory=True)
         except Exception as error:  # noqa: BLE001 - not confirmed: requeue the original instead
             log.warning("message.republish_failed", error=repr(error))
             return "requeue"
-        log.info("message.republished", failures=failures)
+        if later:
+            log.info("message.delayed", failures=failures, wait_seconds=wait)
+        else:
+            log.info("message.republished", failures=failures)
         return "ack"

@@ -87,7 +87,14 @@ async def run(settings: Settings, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    serving = asyncio.create_task(serve(create_app(settings), config, shutdown_trigger=stop.wait))
+    refused: list[FatalStartupError] = []  # the S3 probe forbids serving: stop, say why
+
+    def refuse(error: FatalStartupError) -> None:
+        refused.append(error)
+        stop.set()
+
+    app = create_app(settings, on_fatal=refuse)
+    serving = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
@@ -98,7 +105,11 @@ async def run(settings: Settings, host: str, port: int) -> None:
             log.warning("api.stop_timeout", grace_seconds=grace)
             serving.cancel()
             await asyncio.wait({serving})
+            if refused:
+                raise refused[0]
             return
+    if refused:
+        raise refused[0]
     try:
         serving.result()
     except LifespanFailureError as error:

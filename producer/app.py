@@ -1,6 +1,6 @@
 """The API: ``create_app(settings)`` builds a Quart app whose clients live in its lifecycle."""
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Quart, Response, request
@@ -10,10 +10,13 @@ from werkzeug.exceptions import HTTPException
 from common.layout import Layout
 from common.logs import get_logger
 from common.settings import Settings
+from common.startup import FatalStartupError
 from common.storage import connect_store
+from producer import auth
 from producer.connections import EXTENSION_KEY as CONNECTIONS_KEY
 from producer.connections import Connections, NotConnectedError
 from producer.http import ApiError, error_response
+from producer.limits import RefusedError
 from producer.metrics import ApiMetrics
 from producer.openapi import OpenApi, document_media_response
 from producer.publisher import JobPublisher
@@ -26,8 +29,6 @@ MAX_REQUEST_BYTES = 64 * 1024
 # /docs is served by quart-schema from these files (relative: they work under a path prefix).
 SWAGGER_JS = "static/vendor/swagger-ui/swagger-ui-bundle.js"
 SWAGGER_CSS = "static/vendor/swagger-ui/swagger-ui.css"
-# Checked only when BUSSTATS_API_TOKEN is set (quart-schema takes no description here).
-BEARER_SCHEME = {"type": "http", "scheme": "bearer"}
 CORS_PREFLIGHT_SECONDS = "600"
 
 
@@ -58,12 +59,27 @@ def add_answer_headers(response: Response, origins: frozenset[str]) -> None:
         add_cors(response, origins)
 
 
+def answer_api_error(error: ApiError, metrics: ApiMetrics) -> Response:
+    """``{"error": ...}``; a refusal (a token, a limit) is counted and brings its headers."""
+    response = error_response(error.status, error.message)
+    if isinstance(error, RefusedError):
+        metrics.refused.labels(error.reason).inc()
+        response.headers.update(error.headers)
+    return response
+
+
 # What answers before S3 was reached: liveness, readiness, metrics and the API's docs.
 _WITHOUT_S3 = frozenset({"prometheus_metrics", "openapi", "swagger_ui", "static"})
 _BLUEPRINTS_WITHOUT_S3 = frozenset({health.blueprint.name, page.blueprint.name})  # page: files
 
 
-def create_app(settings: Settings, metrics: ApiMetrics | None = None) -> Quart:
+def create_app(
+    settings: Settings,
+    metrics: ApiMetrics | None = None,
+    *,
+    on_fatal: Callable[[FatalStartupError], None] | None = None,
+) -> Quart:
+    """The API; ``on_fatal`` hears of a start-up check that forbids serving (the S3 probe)."""
     metrics = metrics or ApiMetrics()
     app = Quart("bus-stats", static_folder=None)  # the page blueprint serves /static
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
@@ -76,7 +92,7 @@ def create_app(settings: Settings, metrics: ApiMetrics | None = None) -> Quart:
         swagger_ui_path="/docs",
         redoc_ui_path=None,
         scalar_ui_path=None,
-        security_schemes={"bearer": BEARER_SCHEME},
+        security_schemes=dict(auth.SECURITY_SCHEMES),
         openapi_provider_class=OpenApi,
     )
     blueprints = (page, health, jobs, listing, stats)
@@ -92,7 +108,7 @@ def create_app(settings: Settings, metrics: ApiMetrics | None = None) -> Quart:
             connect_store(settings) as store,
             JobPublisher(settings, metrics.publish_seconds) as publisher,
         ):
-            connections = Connections(settings, store, publisher)
+            connections = Connections(settings, store, publisher, on_fatal=on_fatal)
             app.extensions[CONNECTIONS_KEY] = connections
             app.extensions[EXTENSION_KEY] = Services(
                 settings=settings,
@@ -108,6 +124,8 @@ def create_app(settings: Settings, metrics: ApiMetrics | None = None) -> Quart:
             finally:
                 await connections.stop()
                 del app.extensions[EXTENSION_KEY]
+
+    app.before_request(auth.token_check(settings))  # first: before anything else is done
 
     @app.before_request
     async def wait_for_s3() -> None:
@@ -136,7 +154,7 @@ def create_app(settings: Settings, metrics: ApiMetrics | None = None) -> Quart:
 
     @app.errorhandler(ApiError)
     async def api_error(error: ApiError) -> Response:
-        return error_response(error.status, error.message)
+        return answer_api_error(error, metrics)
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:

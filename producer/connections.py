@@ -9,12 +9,14 @@ SIGTERM cancels the task like any other: shutdown never waits for a connection.
 """
 
 import asyncio
+from collections.abc import Callable
 from typing import Final
 
 from common.logs import get_logger
 from common.settings import Settings
-from common.startup import Backoff, ConnectState, describe
+from common.startup import Backoff, ConnectState, FatalStartupError, describe
 from common.storage import S3Store, ensure_bucket_until_up, s3_connect_state
+from common.store_probe import probe_conditional_writes
 from producer.publisher import PING_WAIT_SECONDS, JobPublisher
 
 log = get_logger(__name__)
@@ -34,8 +36,11 @@ class Connections:
         store: S3Store,
         publisher: JobPublisher,
         backoff: Backoff | None = None,
+        *,
+        on_fatal: Callable[[FatalStartupError], None] | None = None,
     ) -> None:
         self._settings = settings
+        self._on_fatal = on_fatal
         self._store = store
         self._publisher = publisher
         self._backoff = backoff
@@ -78,7 +83,16 @@ class Connections:
 
     async def _connect_s3(self) -> None:
         await ensure_bucket_until_up(self._store, self.s3, self._backoff)
-        self._s3_ready.set()
+        try:
+            await probe_conditional_writes(self._store, self._settings.s3_prefix)
+        except FatalStartupError as error:  # a store this API must not use: S3 stays unready
+            refused = error
+        else:
+            self._s3_ready.set()
+            return
+        log.error("api.refused", error=str(refused))
+        if self._on_fatal is not None:
+            self._on_fatal(refused)
 
     async def ping_s3(self) -> None:
         """Raise unless S3 answers now; before it was first reached, say how that goes.

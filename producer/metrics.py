@@ -12,6 +12,12 @@ class ApiMetrics:
             ["route", "method", "status"],
             registry=self.registry,
         )
+        self.refused = Counter(
+            "busstats_api_requests_refused",
+            "Requests refused by a token check or a limit, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
         self.publish_seconds = Histogram(
             "busstats_api_publish_seconds",
             "Time from publishing a job to the broker's confirm",

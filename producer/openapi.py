@@ -4,7 +4,8 @@
   (quart-schema copies only per-property keys, and pydantic lists ``required`` per model).
 - A response whose body is not JSON (Prometheus text, CSV) is documented with
   :func:`document_media_response`.
-- Every ``401`` documents its ``WWW-Authenticate`` header.
+- Every route's token (:mod:`producer.auth`): its security requirement, a ``401`` answer
+  with its ``WWW-Authenticate`` header, and the schemes' descriptions.
 
 The document must pass ``openapi-spec-validator`` (a test checks it).
 """
@@ -14,6 +15,9 @@ from typing import Any, Final, TypeVar
 
 from quart_schema.openapi import OpenAPIProvider
 from werkzeug.routing import Rule
+
+from producer import auth
+from producer.http import ErrorBody
 
 T = TypeVar("T", bound=Callable[..., Any])
 _MEDIA_ATTRIBUTE: Final = "_bus_stats_media_responses"
@@ -38,6 +42,14 @@ def document_media_response(
 
 
 class OpenApi(OpenAPIProvider):
+    def schema(self) -> dict[str, Any]:
+        document = super().schema()
+        schemes = document.get("components", {}).get("securitySchemes", {})
+        for name, description in auth.SCHEME_DESCRIPTIONS.items():
+            if name in schemes:
+                schemes[name] = {**schemes[name], "description": description}
+        return document
+
     def build_querystring_parameters(
         self, model: type[Any]
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -52,11 +64,19 @@ class OpenApi(OpenAPIProvider):
     def build_paths(self, rule: Rule) -> tuple[dict[str, Any], dict[str, Any]]:
         paths, components = super().build_paths(rule)
         func = self._app.view_functions[rule.endpoint]
+        security = auth.security_of(auth.access_of(rule.endpoint))
+        refused: dict[str, Any] | None = None
+        if security is not None:
+            refused, refused_components = self.build_response_object(ErrorBody, None)
+            refused["description"] = "no valid token, when the API has one"
+            components = {**components, **refused_components}
         documented: dict[int, tuple[str, str, dict[str, Any]]] = getattr(func, _MEDIA_ATTRIBUTE, {})
         for operations in paths.values():
             for name, operation in operations.items():
                 # quart-schema shares one responses object between a rule's methods.
                 responses = {code: dict(answer) for code, answer in operation["responses"].items()}
+                if refused is not None:
+                    responses.setdefault(401, dict(refused))
                 for status, (media_type, description, schema) in documented.items():
                     answer = responses.setdefault(status, {"description": description})
                     answer["content"] = {
@@ -72,4 +92,6 @@ class OpenApi(OpenAPIProvider):
                         }
                     }
                 operations[name] = {**operation, "responses": responses}
+                if security is not None:
+                    operations[name]["security"] = security
         return paths, components

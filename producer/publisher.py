@@ -3,7 +3,13 @@
 The broker connection is made by :meth:`JobPublisher.connect`, which the API runs as a
 background task: a broker that is down at start-up is retried with capped backoff (one
 log line per attempt) while the API serves, answering 503 to what needs the broker. Once
-connected, the robust connection restores itself after an outage.
+connected, the connection (:mod:`common.amqp`) restores itself after an outage, on another
+node of the cluster when its node went.
+
+:meth:`JobPublisher.publish` returns only once the broker confirmed the message (a quorum
+queue confirms once a majority of its replicas hold it). A publish whose confirm was lost
+with its connection is published again on the restored one, all within
+``publish_timeout_seconds``; the consumers drop the second copy of a job's message.
 """
 
 import asyncio
@@ -12,10 +18,11 @@ from types import TracebackType
 from typing import Final, Self
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq.exceptions import AMQPError, DeliveryError
 from prometheus_client import Histogram
 
+from common import amqp
 from common.logs import get_logger
 from common.messages import JobMessage
 from common.settings import Settings
@@ -53,10 +60,10 @@ class JobPublisher:
         self._latency = latency
         self._backoff = backoff
         self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractChannel | None = None
+        self._channel: AbstractRobustChannel | None = None
         self._topology: Topology | None = None
         self._connected = asyncio.Event()
-        self.state = ConnectState("broker", where(settings.amqp_url.get_secret_value()))
+        self.state = ConnectState("broker", ", ".join(map(where, settings.amqp_urls)))
 
     async def __aenter__(self) -> Self:
         return self
@@ -81,11 +88,12 @@ class JobPublisher:
 
     async def _connect_once(self) -> None:
         settings = self._settings
-        connection = await aio_pika.connect_robust(
-            settings.amqp_url.get_secret_value(),
+        connection = await amqp.connect(
+            settings.amqp_urls,
+            app=APP_ID,
+            namespace=settings.namespace,
+            connect_seconds=settings.publish_timeout_seconds,
             reconnect_interval=RECONNECT_SECONDS,
-            timeout=settings.publish_timeout_seconds,
-            client_properties={"connection_name": f"{APP_ID} {settings.namespace}"},
         )
         try:
             async with asyncio.timeout(settings.publish_timeout_seconds):
@@ -99,23 +107,21 @@ class JobPublisher:
         self._connection, self._channel, self._topology = connection, channel, topology
         self._connected.set()
 
-    async def _ready_topology(self) -> Topology:
-        """The confirming channel's topology, waiting a bounded time for the first connect.
+    async def _ready(self, seconds: float) -> tuple[AbstractRobustChannel, Topology]:
+        """The confirming channel and its topology, waiting ``seconds`` for the first connect.
 
-        Once open, the robust connection restores the channel (and redeclares the
-        topology) by itself after a broker outage; until it has, publishing fails fast.
+        Once open, the connection restores the channel (and redeclares the topology) by
+        itself after a broker outage; :func:`common.amqp.publish_confirmed` waits for that.
         """
         if not self._connected.is_set():
             try:
-                async with asyncio.timeout(self._settings.publish_timeout_seconds):
+                async with asyncio.timeout(seconds):
                     await self._connected.wait()
             except TimeoutError:
                 raise PublishError(f"broker not connected: {self.state.summary()}") from None
         assert self._channel is not None  # noqa: S101 - set with the event
         assert self._topology is not None  # noqa: S101 - set with the event
-        if self._channel.is_closed:
-            raise PublishError("broker connection lost; reconnecting")
-        return self._topology
+        return self._channel, self._topology
 
     async def ping(self) -> None:
         """Raise :class:`PublishError` unless the broker connection is open.
@@ -136,16 +142,28 @@ class JobPublisher:
             raise PublishError("broker connection lost; reconnecting")
 
     async def publish(self, job: JobMessage) -> None:
-        """Return only once the broker confirmed the persistent message."""
-        topology = await self._ready_topology()
-        message = job_message(job, app_id=APP_ID)
+        """Return only once the broker confirmed the persistent message.
+
+        Within ``publish_timeout_seconds`` overall: the wait for the first connection, and
+        publishing again on the restored connection when a confirm was lost with the old.
+        """
         clock = time.monotonic()
+        budget = self._settings.publish_timeout_seconds
+        channel, topology = await self._ready(budget)
+        message = job_message(job, app_id=APP_ID)
         try:
-            async with asyncio.timeout(self._settings.publish_timeout_seconds):
-                await topology.exchange.publish(message, routing_key=ROUTING_KEY, mandatory=True)
+            attempts = await amqp.publish_confirmed(
+                channel,
+                topology.exchange,
+                message,
+                routing_key=ROUTING_KEY,
+                within_seconds=max(0.0, budget - (time.monotonic() - clock)),
+            )
         except DeliveryError as error:
             raise PublishError(f"broker refused the message: {error!r}") from error
-        except CONNECT_ERRORS as error:
-            raise PublishError(f"broker did not confirm the message: {error!r}") from error
+        except amqp.ConfirmLostError as error:
+            raise PublishError(f"broker did not confirm the message: {error}") from error
+        if attempts > 1:
+            log.info("job.publish_retried", job_id=job.job_id, attempts=attempts)
         if self._latency is not None:
             self._latency.observe(time.monotonic() - clock)

@@ -1,18 +1,16 @@
 """Turning ``POST /process-request`` into a queued job, without duplicate work."""
 
-import uuid
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Protocol
 
-from common.jobs import JobStore
+from common.lifecycle import Lifecycle
 from common.logs import get_logger
 from common.messages import JobMessage
-from common.models import ACTIVE_STATUSES, JobState, JobStatus, utc_now
+from common.models import ACTIVE_STATUSES, JobState, JobStatus
 
 log = get_logger(__name__)
 _REUSED_STATUSES: frozenset[JobStatus] = ACTIVE_STATUSES | {"succeeded"}
-_POINTER_RACES = 5  # how often to re-read after losing the race for the date's pointer
 
 
 class Publisher(Protocol):
@@ -38,55 +36,51 @@ def is_stuck(job: JobState, heartbeat_age: timedelta | None, stale_after: timede
 
 
 async def submit(
-    jobs: JobStore,
+    lifecycle: Lifecycle,
     publisher: Publisher,
     day: date,
     *,
     force: bool,
     stale_after: timedelta = timedelta(seconds=60),
+    partial: bool = False,
 ) -> Submission:
     """The date's job: the existing one when it is queued, running or done, unless forced.
 
-    ``force`` always makes a new job: it re-fetches a done date, and it is also the way
-    out for a job whose message was lost (the API died between claiming and publishing).
-    A running job whose heartbeat is older than ``stale_after`` is replaced too.
+    ``force`` always makes a new job (it re-fetches a done date). A running job whose
+    heartbeat is older than ``stale_after`` is replaced too.
 
-    A new job takes the date's next generation, is written as ``queued``, made the date's
-    newest claim with a compare-and-swap (so two concurrent requests create one job), then
-    published; publishing raises ``PublishError`` when the broker does not confirm, and
-    the job is marked failed. A running job of an older claim notices the new claim
-    within a heartbeat and stands down.
+    A new job claims the date (:meth:`Lifecycle.claim`), then is published; the request
+    answers 202 only once the broker confirmed the message. A claim supersedes lazily: a
+    running older job goes on until the new one starts, so if the publish fails the new
+    job ends (``failed``, its claim ended) and nothing else has changed: the request
+    answers 503 having undone nothing. A queued job that never started and has waited
+    longer than ``stale_after`` (its message may never have been confirmed: an API that
+    died between claiming and publishing) is published again on a plain request; a second
+    copy of a message is harmless (the consumer drops it).
+
+    Callers shield this from cancellation: a client that disconnects must not leave a
+    claim half made.
     """
-    for _ in range(_POINTER_RACES):
-        pointer, etag = await jobs.claim_of(day)
-        current, age = (None, None) if pointer is None else await jobs.get_with_age(pointer.job_id)
-        if (
-            current is not None
-            and not force
-            and current.status in _REUSED_STATUSES
-            and not is_stuck(current, age, stale_after)
-        ):
-            return Submission(job=current, created=False)
-        candidate = JobState.queued(uuid.uuid4().hex, day, force=force)
-        claimed = await jobs.try_claim(candidate, pointer, etag)
-        if claimed is not None:
-            job = claimed
-            break
-        log.info("job.raced", date=day.isoformat(), job_id=candidate.job_id)
-        await jobs.discard(candidate)  # nothing points to it: no state left behind
-    else:
-        raise RuntimeError(f"could not claim date {day} after {_POINTER_RACES} tries")
+
+    def reuse(job: JobState, age: timedelta | None) -> bool:
+        return not force and job.status in _REUSED_STATUSES and not is_stuck(job, age, stale_after)
+
+    job, created, age = await lifecycle.claim(day, force=force, reuse=reuse, partial=partial)
+    message = JobMessage(job_id=job.job_id, date=day, force=job.force)
+    if not created:
+        if job.status == "queued" and job.attempts == 0 and age is not None and age > stale_after:
+            try:
+                await publisher.publish(message)
+            except Exception as error:  # noqa: BLE001 - the job is answered as it is; next POST retries
+                log.warning("job.republish_failed", job_id=job.job_id, error=repr(error))
+            else:
+                log.info("job.republished", job_id=job.job_id, date=day.isoformat())
+        return Submission(job=job, created=False)
     try:
-        await publisher.publish(JobMessage(job_id=job.job_id, date=day, force=force))
+        await publisher.publish(message)
     except BaseException:
-        failed = job.model_copy(
-            update={
-                "status": "failed",
-                "error": "broker did not confirm the job",
-                "updated_at": utc_now(),
-            }
-        )
-        await jobs.save(failed)
+        # Not queued: end this claim (and only it); the older job, if any, runs on.
+        await lifecycle.end(job.job_id, day, "the broker did not confirm the job: try again")
         raise
     log.info("job.published", job_id=job.job_id, date=day.isoformat(), force=force)
     return Submission(job=job, created=True)

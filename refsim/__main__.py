@@ -63,6 +63,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--truncate-rate", type=float, default=defaults.truncate_rate, help="fraction cut off")
     add("--malformed-rate", type=float, default=defaults.malformed_rate, help="fraction of records")
     add("--chunk-bytes", type=int, default=defaults.chunk_bytes, help="bytes written at a time")
+    add(
+        "--country-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="name of the next country instead of a generated one (repeatable)",
+    )
     add("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     add("--log-format", default="auto", choices=("auto", "json", "console"))
     return parser.parse_args(argv)
@@ -88,6 +95,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         truncate_rate=args.truncate_rate,
         malformed_rate=args.malformed_rate,
         chunk_bytes=args.chunk_bytes,
+        country_names=tuple(args.country_name),
     )
 
 

@@ -46,6 +46,9 @@ class SimulatorConfig:
     """Fraction of records that are invalid, the same on every attempt."""
     chunk_bytes: int = 256 * 1024
     """About how many bytes of a stats body are generated and written at a time."""
+    country_names: tuple[str, ...] = ()
+    """Names the first countries get instead of generated ones (tests of hostile names,
+    e.g. a spreadsheet formula); at most ``countries`` of them, each unique."""
 
     def __post_init__(self) -> None:
         if self.cities < 0 or self.countries < 1:
@@ -63,3 +66,6 @@ class SimulatorConfig:
             raise ValueError("fail_attempts, hang_seconds and cache_ttl_seconds must be >= 0")
         if self.chunk_bytes < 1:
             raise ValueError("chunk_bytes must be >= 1")
+        names = self.country_names
+        if len(names) > self.countries or len(set(names)) != len(names) or "" in names:
+            raise ValueError("country_names must be at most 'countries' distinct, non-empty names")

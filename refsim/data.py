@@ -65,6 +65,9 @@ def cities(config: SimulatorConfig) -> list[City]:
     rng = random.Random(f"{config.seed}/cities/{config.cities}/{config.countries}")
     names = _city_names(rng, config.cities)
     countries = _country_names(rng, config.countries)
+    chosen = set(config.country_names)
+    generated = [name for name in countries if name not in chosen]
+    countries = [*config.country_names, *generated][: config.countries]
     assignment = [index % config.countries for index in range(config.cities)]
     rng.shuffle(assignment)
     return [

@@ -1,20 +1,30 @@
-"""``make compose-test``: the image and docker-compose.yml, proven end to end.
+"""``make compose-test``: the image and the compose files, proven end to end.
 
-Needs Docker with Compose v2 or later (``docker compose``). Against the real compose file
-(plus a small override: a seeded simulator slow enough that a job takes seconds, and a
-short shutdown grace), under a project name of its own and free host ports on 127.0.0.1:
+Needs Docker with Compose v2 or later (``docker compose``). Against the real compose files
+(docker-compose.yml with docker-compose.cluster.yml, its three-node RabbitMQ cluster, and
+the ``monitoring`` profile's Prometheus; plus a small override: a seeded simulator slow
+enough that a job takes seconds, a short shutdown grace, and the admin UI of every node
+published so that the test can ask a node that is still up), under a project name of its
+own and free host ports on 127.0.0.1:
 
 1. builds the image once (only the ``api`` service builds; the others run its tag);
 2. brings the stack up and waits until every service is healthy;
-3. POSTs dates, waits until they succeed, checks ``/country-stats`` against the
+3. checks the cluster: three running nodes, the job queue a quorum queue on all three;
+4. POSTs dates, waits until they succeed, checks ``/country-stats`` against the
    simulator's oracle (``refsim.expected_stats``, same seed and configuration);
-4. checks RabbitMQ's admin UI (``/api/overview``) and that the expected number of
+5. checks RabbitMQ's admin UI (``/api/overview``) and that the expected number of
    consumers is attached to the job queue (``/api/consumers``);
-5. scales the consumers to 4 and back to 2;
-6. stops every consumer gracefully while its jobs run, starts them again, and checks the
+6. checks that Prometheus scrapes every target (the API, each consumer replica, each
+   broker node) and that each is up;
+7. scales the consumers to 4 and back to 2;
+8. stops every consumer gracefully while its jobs run, starts them again, and checks the
    jobs still succeed with exact figures;
-7. SIGKILLs a consumer container while it runs jobs, and checks the same;
-8. checks that every log line of our services is one JSON object;
+9. SIGKILLs a consumer container while it runs jobs, and checks the same;
+10. SIGKILLs the broker node the consumers are connected to while they run jobs: every
+    accepted job is committed once (``/dates``: committed by the job the POST returned),
+    none is dead-lettered, the figures are exact; the node is started again and rejoins
+    (three running nodes, the queue on all three again, every Prometheus target up);
+11. checks that every log line of our services is one JSON object;
 
 and always tears the stack down (``down -v``). Prints a table of the steps and timings.
 Exit status 0 when every check passed.
@@ -49,10 +59,14 @@ from refsim import SimulatorConfig, expected_stats
 T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[1]
-COMPOSE_FILE = ROOT / "docker-compose.yml"
+COMPOSE_FILES = (ROOT / "docker-compose.yml", ROOT / "docker-compose.cluster.yml")
+PROFILE = "monitoring"  # docker-compose.yml's Prometheus
 IMAGE = "bus-stats:compose-test"
 NAMESPACE = "bus-stats"  # docker-compose.yml's BUSSTATS_NAMESPACE
 JOB_QUEUE = f"{NAMESPACE}.jobs"
+DEAD_LETTER_QUEUE = f"{JOB_QUEUE}.dead-letter"
+# docker-compose.cluster.yml's nodes: compose service -> the node's hostname.
+BROKER_NODES = {"rabbitmq": "rabbitmq-1", "rabbitmq-2": "rabbitmq-2", "rabbitmq-3": "rabbitmq-3"}
 CONSUMERS = 2  # docker-compose.yml's replicas
 SCALED = 4
 SHUTDOWN_GRACE_SECONDS = 5  # short, so that a graceful stop interrupts running jobs
@@ -75,7 +89,10 @@ PORT_VARIABLES = {
     "management": "BUSSTATS_MANAGEMENT_PUBLISHED_PORT",
     "s3": "BUSSTATS_S3_PUBLISHED_PORT",
     "refsim": "BUSSTATS_REFSIM_PUBLISHED_PORT",
+    "prometheus": "BUSSTATS_PROMETHEUS_PUBLISHED_PORT",
 }
+# Prometheus' scrape jobs (deploy/prometheus/prometheus.yml) -> targets expected up.
+SCRAPE_JOBS = {"bus-stats-api": 1, "bus-stats-consumer": CONSUMERS, "rabbitmq": len(BROKER_NODES)}
 GUEST = "Basic " + base64.b64encode(b"guest:guest").decode()
 POLL_SECONDS = 0.5
 
@@ -172,16 +189,21 @@ class Stack:
         self.project = f"bus-stats-ct-{uuid.uuid4().hex[:8]}"
         self.timeout = timeout
         self.ports = {name: free_port() for name in PORT_VARIABLES}
+        # The admin UI of rabbitmq-2 and -3 too (test only): asked while rabbitmq-1 is down.
+        self.node_ports = {"rabbitmq": self.ports["management"]}
+        self.node_ports |= {node: free_port() for node in BROKER_NODES if node != "rabbitmq"}
         self.override = workdir / "compose.test.yml"
-        self.override.write_text(json.dumps(override_document(), indent=2))
+        self.override.write_text(json.dumps(override_document(self.node_ports), indent=2))
         self.env = {
             **os.environ,
             "BUSSTATS_IMAGE": IMAGE,
             "BUSSTATS_BIND_ADDRESS": "127.0.0.1",
+            "BUSSTATS_ERLANG_COOKIE": uuid.uuid4().hex,
             **{PORT_VARIABLES[name]: str(port) for name, port in self.ports.items()},
         }
         self.api = f"http://127.0.0.1:{self.ports['api']}"
-        self.management = f"http://127.0.0.1:{self.ports['management']}"
+        self.prometheus = f"http://127.0.0.1:{self.ports['prometheus']}"
+        self.down_nodes: set[str] = set()
 
     def compose(self, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``docker compose`` on the project; its output is kept, shown on failure."""
@@ -190,10 +212,11 @@ class Stack:
             "compose",
             "--project-name",
             self.project,
-            "--file",
-            str(COMPOSE_FILE),
+            *(part for path in COMPOSE_FILES for part in ("--file", str(path))),
             "--file",
             str(self.override),
+            "--profile",
+            PROFILE,
             *args,
         ]
         result = subprocess.run(
@@ -304,12 +327,93 @@ class Stack:
             )
         return f"{len(days)} dates, {len(expected)} rows equal the oracle"
 
+    def check_committed_once(self, jobs: dict[date, str]) -> str:
+        """Each date committed by the one job its POST returned (``/dates``), and nothing
+        in the dead-letter queue."""
+        first, last = min(jobs), max(jobs)
+        status, body = http("GET", f"{self.api}/dates?from={first}&to={last}")
+        if status != 200:  # noqa: PLR2004
+            raise CheckFailedError(f"GET /dates: {status} {body}")
+        views = {view["date"]: view for view in body["dates"]}
+        for day, job_id in jobs.items():
+            view = views.get(day.isoformat(), {})
+            committed = view.get("committed") or {}
+            if view.get("state") != "committed" or committed.get("job_id") != job_id:
+                raise CheckFailedError(f"{day}: not committed by job {job_id}: {view}")
+        dead = self.management_api(f"queues/%2F/{DEAD_LETTER_QUEUE}").get("messages", 0)
+        if dead:
+            raise CheckFailedError(f"{dead} message(s) in {DEAD_LETTER_QUEUE}")
+        return f"{len(jobs)} dates each committed by its job; {DEAD_LETTER_QUEUE} empty"
+
     # --- RabbitMQ's admin UI -----------------------------------------------------------
     def management_api(self, path: str) -> Any:
-        status, body = http("GET", f"{self.management}/api/{path}", auth=GUEST)
-        if status != 200:  # noqa: PLR2004
-            raise CheckFailedError(f"GET /api/{path}: {status}")
-        return body
+        """GET the admin API of the first node that is up (one may have been killed)."""
+        error: OSError | None = None
+        for node, port in self.node_ports.items():
+            if node in self.down_nodes:
+                continue
+            try:
+                status, body = http("GET", f"http://127.0.0.1:{port}/api/{path}", auth=GUEST)
+            except OSError as failure:  # that node does not answer: ask the next
+                error = failure
+                continue
+            if status != 200:  # noqa: PLR2004
+                raise CheckFailedError(f"GET /api/{path} ({node}): {status}")
+            return body
+        raise CheckFailedError(f"no broker node answers GET /api/{path}: {error}")
+
+    def wait_cluster(self) -> str:
+        """Every node running, the job queues quorum queues with a member on each."""
+        nodes = {f"rabbit@{hostname}" for hostname in BROKER_NODES.values()}
+
+        def formed() -> str | None:
+            running = {n["name"] for n in self.management_api("nodes") if n.get("running")}
+            if running != nodes:
+                return None
+            for queue in (JOB_QUEUE, DEAD_LETTER_QUEUE):
+                info = self.management_api(f"queues/%2F/{queue}")
+                if info.get("type") != "quorum":
+                    raise CheckFailedError(f"{queue} is {info.get('type')}, not quorum")
+                online = set(info.get("online", info.get("members", [])))
+                if set(info.get("members", [])) != nodes or online != nodes:
+                    return None
+            leader = self.management_api(f"queues/%2F/{JOB_QUEUE}").get("leader", "?")
+            return f"{len(nodes)} nodes running; both queues on all of them (leader {leader})"
+
+        return wait_for("the cluster with every queue on every node", formed, self.timeout)
+
+    def consumer_node(self) -> str:
+        """The compose service of the broker node most consumer connections are on."""
+        ips = self.container_ips("consumer")
+        on_node: dict[str, int] = {}
+        for connection in self.management_api("connections"):
+            if connection.get("peer_host") in ips:
+                node = connection["node"]
+                on_node[node] = on_node.get(node, 0) + 1
+        if not on_node:
+            raise CheckFailedError("no consumer connection found in /api/connections")
+        node = max(on_node, key=lambda name: on_node[name])
+        hostname = node.split("@", 1)[1]
+        return next(service for service, host in BROKER_NODES.items() if host == hostname)
+
+    def wait_targets_up(self) -> str:
+        """Prometheus scrapes the expected targets of every job, and each is up."""
+
+        def all_up() -> str | None:
+            status, body = http("GET", f"{self.prometheus}/api/v1/targets?state=active")
+            if status != 200:  # noqa: PLR2004
+                raise CheckFailedError(f"Prometheus /api/v1/targets: {status}")
+            targets = body["data"]["activeTargets"]
+            up: dict[str, int] = {}
+            for target in targets:
+                if target["health"] == "up":
+                    job = target["labels"]["job"]
+                    up[job] = up.get(job, 0) + 1
+            if up != SCRAPE_JOBS or len(targets) != sum(SCRAPE_JOBS.values()):
+                return None
+            return ", ".join(f"{job} {count}/{count} up" for job, count in up.items())
+
+        return wait_for(f"Prometheus targets {SCRAPE_JOBS} all up", all_up, self.timeout)
 
     def consumers_attached(self) -> int:
         consumers = self.management_api("consumers")
@@ -322,6 +426,21 @@ class Stack:
             self.timeout,
         )
         return f"{expected} consumers attached to {JOB_QUEUE}"
+
+    def wait_consumers_moved(self, expected: int, gone: str) -> str:
+        """``expected`` consumers on the job queue, none on the node ``gone`` (hostname)."""
+
+        def moved() -> str | None:
+            nodes = [
+                c.get("channel_details", {}).get("node", "?")
+                for c in self.management_api("consumers")
+                if c.get("queue", {}).get("name") == JOB_QUEUE
+            ]
+            if len(nodes) != expected or f"rabbit@{gone}" in nodes:
+                return None
+            return f"{expected} consumers attached again, on {', '.join(sorted(set(nodes)))}"
+
+        return wait_for(f"{expected} consumers off rabbit@{gone}", moved, self.timeout)
 
     def busy_consumer(self) -> str:
         """The container of a consumer whose channel holds unacked jobs (admin UI stats)."""
@@ -337,8 +456,9 @@ class Stack:
         return wait_for("a consumer holding jobs", busy, self.timeout)
 
 
-def override_document() -> dict[str, Any]:
-    """The compose override: the seeded simulator, and the consumers' test settings."""
+def override_document(node_ports: dict[str, int]) -> dict[str, Any]:
+    """The compose override: the seeded simulator, the consumers' test settings, and the
+    admin UI of the cluster's other nodes on host ports of their own."""
     s = SIMULATOR
     command = ["refsim", "--host", "0.0.0.0", "--port", "8080", "--log-format", "json"]  # noqa: S104 - inside its container
     command += ["--seed", str(s.seed), "--cities", str(s.cities), "--countries", str(s.countries)]
@@ -352,6 +472,11 @@ def override_document() -> dict[str, Any]:
                     "BUSSTATS_SHUTDOWN_GRACE_SECONDS": str(SHUTDOWN_GRACE_SECONDS),
                     "BUSSTATS_CITY_CONCURRENCY": str(CITY_CONCURRENCY),
                 }
+            },
+            **{
+                node: {"ports": [f"127.0.0.1:{port}:15672"]}
+                for node, port in node_ports.items()
+                if node != "rabbitmq"  # its port is the compose file's, from a variable
             },
         }
     }
@@ -430,8 +555,40 @@ def stop_mid_job(stack: Stack, report: Report, graceful: list[date], killed: lis
         detail.append(stack.wait_consumers(CONSUMERS))
 
 
+def kill_broker_mid_job(stack: Stack, report: Report, dates: list[date]) -> None:
+    with report.step("SIGKILL the consumers' broker node mid-job") as detail:
+        jobs = stack.post_dates(dates)
+        state = stack.wait_mid_job(jobs)
+        node = stack.consumer_node()
+        container = stack.containers(node)[0]
+        killed = time.monotonic()
+        subprocess.run(
+            ["docker", "kill", "--signal", "KILL", container],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        stack.down_nodes.add(node)
+        detail.append(f"killed {node} ({state['date']} at {state['cities_done']} cities)")
+        detail.append(stack.wait_consumers_moved(CONSUMERS, BROKER_NODES[node]))
+        detail.append(f"consumers back on the queue {time.monotonic() - killed:.1f} s after")
+        detail.append(stack.wait_succeeded(jobs))
+        detail.append(f"jobs done {time.monotonic() - killed:.1f} s after the kill")
+        detail.append(stack.check_committed_once(jobs))
+        detail.append(stack.check_stats(dates))
+        # Docker may have restarted it already (restart: unless-stopped); start it if not.
+        subprocess.run(["docker", "start", container], check=True, capture_output=True, timeout=60)
+        stack.down_nodes.discard(node)
+        detail.append("rejoined: " + stack.wait_cluster())
+        detail.append(f"{time.monotonic() - killed:.1f} s from kill to a whole cluster")
+        detail.append(stack.wait_targets_up())
+
+
 def run(stack: Stack, report: Report) -> None:
     start_stack(stack, report)
+
+    with report.step("cluster: 3 nodes, quorum queues on each") as detail:
+        detail.append(stack.wait_cluster())
 
     basic = days(0, 3)
     with report.step(f"POST {len(basic)} dates -> succeeded") as detail:
@@ -443,15 +600,19 @@ def run(stack: Stack, report: Report) -> None:
         detail.append(f"RabbitMQ {overview.get('rabbitmq_version', '?')}")
         detail.append(stack.wait_consumers(CONSUMERS))
 
+    with report.step("Prometheus: every target up") as detail:
+        detail.append(stack.wait_targets_up())
+
     with report.step(f"scale consumers to {SCALED} and back") as detail:
         detail.append(scale(stack, SCALED))
         detail.append(scale(stack, CONSUMERS))
 
-    graceful, killed = days(3, 4), days(7, 4)
+    graceful, killed, broker = days(3, 4), days(7, 4), days(11, 4)
     stop_mid_job(stack, report, graceful, killed)
+    kill_broker_mid_job(stack, report, broker)
 
     with report.step("all dates against the oracle") as detail:
-        detail.append(stack.check_stats(basic + graceful + killed))
+        detail.append(stack.check_stats(basic + graceful + killed + broker))
 
     with report.step("every log line is JSON") as detail:
         detail.append(check_json_logs(stack))

@@ -18,9 +18,11 @@ from moto.server import ThreadedMotoServer
 from common.settings import Settings
 from common.storage import S3Store, open_store
 from common.topology import delete_topology
+from consumer.delays import parse_delays
 from tests.integration.s3_server import RestartableMoto
 
 AMQP_URL = os.environ.get("BUSSTATS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+TEST_RETRY_DELAYS = "0.1"
 BROKER_HELP = (
     "RabbitMQ does not answer at {url}: start it with `rabbitmq-server -detached` "
     "(install with `apt-get install -y rabbitmq-server`), or `docker compose up -d rabbitmq`, "
@@ -104,6 +106,9 @@ def make_settings(moto_url: str, namespace: str, **overrides: Any) -> Settings:
         "retry_backoff_seconds": 0.05,
         "retry_backoff_max_seconds": 0.2,
         "shutdown_grace_seconds": 5.0,
+        # Failed jobs wait in a delay queue before their next delivery: briefly in tests.
+        "retry_delays_seconds": TEST_RETRY_DELAYS,
+        "delivery_limit": 3,
     }
     values.update(overrides)
     return Settings(**values)
@@ -131,5 +136,5 @@ async def amqp(namespace: str) -> AsyncIterator[AbstractRobustConnection]:
         yield connection
     finally:
         channel = await connection.channel()
-        await delete_topology(channel, namespace)
+        await delete_topology(channel, namespace, parse_delays(TEST_RETRY_DELAYS))
         await connection.close()

@@ -6,11 +6,13 @@ from pydantic import BaseModel
 from quart import Blueprint, Response, current_app
 from quart_schema import document_response
 
+from common.logs import get_logger
 from producer.connections import EXTENSION_KEY as CONNECTIONS_KEY
 from producer.http import json_response
 from producer.services import get_services
 
 blueprint = Blueprint("health", __name__)
+log = get_logger(__name__)
 _PING_TIMEOUT = 3.0
 
 
@@ -34,7 +36,11 @@ async def healthz() -> Response:
 @document_response(Readiness, 200)
 @document_response(Readiness, 503)
 async def readyz() -> Response:
-    """Ready: the broker and S3 both answer; otherwise 503 naming the one that failed."""
+    """Ready: the broker and S3 both answer; otherwise 503 naming the one that failed.
+
+    The answer names the failing dependency and its error's class only (this route is
+    open to anyone); the error's text, which may name hosts and buckets, goes to the log.
+    """
     services = get_services()
     connections = current_app.extensions.get(CONNECTIONS_KEY)
     s3_ping = services.store.ping if connections is None else connections.ping_s3
@@ -44,7 +50,8 @@ async def readyz() -> Response:
             async with asyncio.timeout(_PING_TIMEOUT):
                 await ping()
         except Exception as error:  # noqa: BLE001 - any failure means "not ready", reported
-            checks[name] = f"failed: {type(error).__name__}: {str(error)[:200]}"
+            log.warning("readiness.check_failed", dependency=name, error=repr(error))
+            checks[name] = f"failed: {type(error).__name__}"
         else:
             checks[name] = "ok"
     ready = all(value == "ok" for value in checks.values())

@@ -15,11 +15,12 @@ from quart import Blueprint, Response, request
 from quart_schema import document_querystring, document_response
 
 from common.days import days_between
-from common.jobs import INDEX_ENTRY, JobStore, ManifestStore, index_entry_job
+from common.jobs import INDEX_ENTRY, DateLedger, JobStore, NewerVersionError, index_entry_job
 from common.layout import Layout
 from common.models import JobState, JobStatus, Manifest
 from common.storage import ObjectStore
 from producer.http import ApiError, ErrorBody, json_response, parse_day
+from producer.limits import PAGE_TOO_LARGE, RANGE_TOO_LONG, RefusedError
 from producer.routes.jobs import JobView
 from producer.services import get_services
 
@@ -71,7 +72,11 @@ class DatesQuery(BaseModel):
         description="first date, YYYY-MM-DD; with 'to', or neither: then the 30 days "
         "ending at the newest date with committed data (or today, UTC, if none has)",
     )
-    to: str | None = Field(None, description="last date, YYYY-MM-DD (inclusive)")
+    to: str | None = Field(
+        None,
+        description="last date, YYYY-MM-DD (inclusive); the range spans at most "
+        "BUSSTATS_MAX_RANGE_DAYS days (default 366; 400 beyond)",
+    )
 
 
 class CommittedView(BaseModel):
@@ -123,13 +128,11 @@ async def bounded(calls: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
 def _parse_limit(raw: str | None) -> int:
     if raw is None or raw == "":
         return DEFAULT_LIMIT
-    if not (
-        raw.isascii()
-        and raw.isdigit()
-        and len(raw) <= len(str(MAX_LIMIT))
-        and 1 <= int(raw) <= MAX_LIMIT
-    ):
-        raise ApiError(400, f"query parameter 'limit' must be a whole number from 1 to {MAX_LIMIT}")
+    message = f"query parameter 'limit' must be a whole number from 1 to {MAX_LIMIT}"
+    if not (raw.isascii() and raw.isdigit() and int(raw[:12]) >= 1):
+        raise ApiError(400, message)
+    if len(raw) > len(str(MAX_LIMIT)) or int(raw) > MAX_LIMIT:
+        raise RefusedError(400, message, reason=PAGE_TOO_LARGE)
     return int(raw)
 
 
@@ -199,8 +202,10 @@ def _parse_dates_range(max_days: int) -> tuple[date, date] | None:
             400, f"query parameter 'from' ({start.isoformat()}) is after 'to' ({end.isoformat()})"
         )
     if (end - start).days + 1 > max_days:
-        raise ApiError(
-            400, f"query parameters 'from'..'to' span more than {max_days} days, the most allowed"
+        raise RefusedError(
+            400,
+            f"query parameters 'from'..'to' span more than {max_days} days, the most allowed",
+            reason=RANGE_TOO_LONG,
         )
     return start, end
 
@@ -276,12 +281,18 @@ async def list_dates() -> Response:
         _dates_with(store, layout.latest_job, start, end),
     )
     days = days_between(start, end)
-    manifests, jobs = ManifestStore(store, layout), JobStore(store, layout)
+    ledger, jobs = DateLedger(store, layout), JobStore(store, layout)
 
     async def read(day: date) -> DateView:
-        manifest = (await manifests.get(day))[0] if day in with_manifest else None
-        job = (await jobs.latest(day))[0] if day in with_job else None
-        return _date_view(day, manifest, job)
+        if day not in with_manifest and day not in with_job:
+            return _date_view(day, None, None)
+        try:
+            dated, _ = await ledger.read(day)
+        except NewerVersionError:
+            return _date_view(day, None, None)
+        claim = dated.claim
+        job = None if claim is None else await jobs.get(claim.job_id)
+        return _date_view(day, dated.committed, job)
 
     views = await bounded([functools.partial(read, day) for day in days])
     return json_response(

@@ -1,5 +1,6 @@
 """``GET /country-stats``: per-country daily statistics, as JSON or CSV."""
 
+import contextlib
 import time
 from datetime import date
 from typing import Literal
@@ -9,6 +10,7 @@ from quart import Blueprint, Response, request
 from quart_schema import document_querystring, document_response
 
 from producer.http import ApiError, ErrorBody, parse_day, parse_flag
+from producer.limits import RANGE_TOO_LONG, RefusedError, check_verify_dates
 from producer.openapi import document_media_response
 from producer.services import get_services
 from producer.stats import DateChangingError, S3ObjectSource, StatsReader
@@ -41,7 +43,9 @@ class CountryStatsQuery(BaseModel):
     verify: bool = Field(
         False,
         description="recompute every date from its raw objects (slow: reads every byte) and "
-        "report, under 'verify', any city whose sums stored at ingest disagree",
+        "report, under 'verify', any city whose sums stored at ingest disagree. At most "
+        "BUSSTATS_VERIFY_MAX_DATES dates (default 31; 400 beyond), and one such request at a "
+        "time per API process (another one meanwhile: 429 with Retry-After)",
     )
 
 
@@ -115,9 +119,10 @@ def _parse_range(max_days: int) -> tuple[date, date]:
         )
     days = (end - start).days + 1
     if days > max_days:
-        raise ApiError(
+        raise RefusedError(
             400,
             f"query parameters 'from'..'to' span {days} days; at most {max_days} are allowed",
+            reason=RANGE_TOO_LONG,
         )
     return start, end
 
@@ -146,6 +151,7 @@ def _country() -> str | None:
 @document_response(CountryStatsView, 200)
 @document_media_response(200, "text/csv", CSV_DESCRIPTION)
 @document_response(ErrorBody, 400)
+@document_response(ErrorBody, 429)
 @document_response(ErrorBody, 503)
 async def country_stats() -> Response:
     """Per (date, country): departures, passengers, any accident, weighted average delay.
@@ -158,13 +164,16 @@ async def country_stats() -> Response:
     as_csv = _wants_csv()
     country = _country()
     verify = parse_flag(request.args.get("verify"), "verify")
+    if verify:
+        check_verify_dates((end - start).days + 1, services.settings.verify_max_dates)
     store = services.store
     reader = StatsReader(
         store, S3ObjectSource(store.client, store.bucket), services.layout, services.stats
     )
     clock = time.monotonic()
     try:
-        result = await reader.country_stats(start, end, verify=verify, country=country)
+        with services.verify_gate.hold() if verify else contextlib.nullcontext():
+            result = await reader.country_stats(start, end, verify=verify, country=country)
     except DateChangingError as error:
         raise ApiError(
             503, f"dates changed while being read, try again: {', '.join(map(str, error.days))}"

@@ -9,17 +9,26 @@ blocks parse at once on several cores (pyarrow releases the GIL).
 
 An object is read with ``If-Match`` on the ETag its manifest recorded: a replaced or
 deleted object answers ``None`` (the date changed), never another version's bytes.
+
+A compressed object (its key ends in ``.zst`` or ``.gz``: :func:`common.codec.codec_of_key`)
+is decompressed as it streams, in a worker thread (zstd and zlib release the GIL), by
+:class:`Inflating`: the blocks parsed are blocks of its lines, of the same bounded size,
+so memory does not grow with the compression ratio; what is held besides is at most
+``INFLATE_READ_BYTES`` of compressed bytes per object. Decompressing one object is
+sequential, but it overlaps the parsing of its earlier blocks and every other object's
+work. Objects written before codecs (``.jsonl``) are read as they are.
 """
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from botocore.exceptions import ClientError
 
-from producer.stats.blocks import Block, parse_block, stitch
+from common.codec import Codec, Decompressor, TruncatedError, codec_of_key
+from producer.stats.blocks import BadObjectError, Block, parse_block, stitch
 from producer.stats.figures import Totals
 from producer.stats.shared import Workers
 
@@ -77,7 +86,55 @@ class S3ObjectSource:
 @dataclass(frozen=True, slots=True)
 class ObjectRead:
     totals: Totals
-    bytes_read: int
+    bytes_read: int  # as stored (compressed, for a compressed object)
+
+
+INFLATE_READ_BYTES: Final = 1024 * 1024  # compressed bytes read at a time (about 14 MB of lines)
+
+
+class Inflating:
+    """A :class:`ByteStream` of an object's lines, from a stream of its compressed bytes.
+
+    ``read(size)`` answers at most ``size`` bytes of lines, decompressing in ``workers``
+    only what it needs; ``b""`` at the end, after checking that the last frame was whole
+    (a truncated object raises :class:`~producer.stats.blocks.BadObjectError`).
+    """
+
+    def __init__(self, stream: ByteStream, codec: Codec, workers: Workers) -> None:
+        self._stream = stream
+        self._decompressor = Decompressor(codec)
+        self._workers = workers
+        self._ended = False
+        self.bytes_read = 0  # compressed, from the stream
+
+    async def read(self, size: int) -> bytes:
+        decompressor = self._decompressor
+        while True:
+            if decompressor.buffered:
+                lines = await self._workers.run(self._inflate, size)
+                if lines:
+                    return lines
+            if self._ended:
+                return b""
+            raw = await self._stream.read(INFLATE_READ_BYTES)
+            if raw:
+                self.bytes_read += len(raw)
+                decompressor.feed(raw)
+            else:
+                self._ended = True
+                self._finish()
+
+    def _inflate(self, size: int) -> bytes:
+        try:
+            return self._decompressor.read(size)
+        except TruncatedError as error:
+            raise BadObjectError(str(error)) from None
+
+    def _finish(self) -> None:
+        try:
+            self._decompressor.finish()
+        except TruncatedError as error:
+            raise BadObjectError(str(error)) from None
 
 
 class BlockBudget:
@@ -113,9 +170,12 @@ async def object_totals(
     await slots.acquire()
     held = True
     try:
-        async with source.open(key, etag) as stream:
-            if stream is None:
+        async with source.open(key, etag) as stored:
+            if stored is None:
                 return None
+            codec = codec_of_key(key)
+            inflating = None if codec == "none" else Inflating(stored, codec, budget.workers)
+            stream: ByteStream = stored if inflating is None else inflating
             blocks: list[asyncio.Task[Block]] = []
             size = 0
             async with asyncio.TaskGroup() as group:
@@ -131,7 +191,7 @@ async def object_totals(
                     blocks.append(group.create_task(_parse(data, budget)))
                     del data
         totals = await budget.workers.run(stitch, [task.result() for task in blocks])
-        return ObjectRead(totals, size)
+        return ObjectRead(totals, size if inflating is None else inflating.bytes_read)
     finally:
         if held:
             slots.release()

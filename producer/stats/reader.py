@@ -28,9 +28,10 @@ from typing import Any, Final, Literal, TypeVar
 from pydantic import ValidationError
 
 from common.days import days_between
+from common.jobs import NewerVersionError, UnreadableError, committed_of
 from common.layout import Layout
 from common.logs import get_logger
-from common.models import CityObject, Manifest
+from common.models import CityObject
 from common.storage import KeyValueStore, StoredObject
 from producer.stats.aggregate import country_days
 from producer.stats.blocks import BadObjectError
@@ -294,7 +295,7 @@ class StatsReader:
             verification=verification,
         )
 
-    async def _date(
+    async def _date(  # noqa: PLR0911 - one return per outcome of a date
         self, day: date, *, verify: bool, counter: _Counter
     ) -> DateFigures | Unreadable | None:
         """The date's figures; ``None`` if it has no committed data."""
@@ -304,6 +305,11 @@ class StatsReader:
             counter.manifests_read += 1
             if stored is None:
                 return None
+            try:
+                if committed_of(day, stored) is None:
+                    return None  # claimed or running, never committed
+            except (NewerVersionError, UnreadableError) as error:
+                return Unreadable(day, str(error))
             if failed is not None:
                 if _same(stored.etag, failed[0]):
                     return Unreadable(
@@ -343,7 +349,9 @@ class StatsReader:
         return figures
 
     async def _load(self, day: date, stored: StoredObject, *, verify: bool) -> DateFigures:
-        manifest = Manifest.model_validate_json(stored.body)
+        manifest = committed_of(day, stored)
+        if manifest is None:  # cannot happen: checked by the caller on the same bytes
+            raise BadObjectError(f"date {day} has no committed version")
         wanted = [city for city in manifest.cities if verify or city.sums is None]
         reads = await self._read_objects(wanted)
         cities: list[CityFigures] = []  # kept only until grouped per country

@@ -2,6 +2,11 @@
 
 orjson writes integers up to 64 bits; a sum beyond that (only legacy data can make one)
 is written by the standard library's encoder instead, exactly, never rounded.
+
+The CSV is meant to be opened in spreadsheets: a text cell that a spreadsheet would run as
+a formula (starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return; OWASP's
+"CSV injection") is written with a leading ``'``, which spreadsheets show as text. The
+JSON answer keeps every name exactly as stored.
 """
 
 import csv
@@ -24,6 +29,12 @@ CSV_COLUMNS: Final = (
     "accident",
     "average_delay_seconds",
 )
+FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
+
+
+def text_cell(value: str) -> str:
+    """``value`` as a CSV text cell a spreadsheet shows as text, never runs as a formula."""
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
 
 
 def payload(stats: CountryStats) -> dict[str, Any]:
@@ -72,7 +83,7 @@ def csv_bytes(rows: list[CountryDay]) -> bytes:
     writer.writerows(
         (
             row.date.isoformat(),
-            row.country,
+            text_cell(row.country),
             row.buses_started,
             row.passengers,
             "true" if row.accident else "false",

@@ -270,10 +270,10 @@ async def check_objects(world: World) -> list[str]:
             item = stored.get(city.key)
             if item is None:
                 problems.append(f"{day}: manifest object {city.key} does not exist")
-            elif _clean(item.etag) != _clean(city.etag) or item.size != city.bytes:
+            elif _clean(item.etag) != _clean(city.etag) or item.size != city.size_stored:
                 problems.append(
                     f"{day}: {city.key} is {item.etag}/{item.size} bytes, the manifest says "
-                    f"{city.etag}/{city.bytes}"
+                    f"{city.etag}/{city.size_stored}"
                 )
         if manifest.rejects is not None and manifest.rejects.key not in stored:
             problems.append(f"{day}: rejects object {manifest.rejects.key} does not exist")

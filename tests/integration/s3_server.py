@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
+from xml.sax.saxutils import escape
 
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -90,6 +91,8 @@ class Failure:
     code: str = "InternalError"
     times: int | None = None
     failed: int = 0
+    message: str = "injected by the test"
+    """The error's text (real S3 ones may name the bucket, the key and the caller's ARN)."""
 
     def matches(self, method: str, target: str) -> bool:
         if method != self.method or not all(part in target for part in self.targets):
@@ -165,7 +168,7 @@ class RestartableMoto:
             _drain(environ)
             body = (
                 '<?xml version="1.0" encoding="UTF-8"?>\n'
-                f"<Error><Code>{failure.code}</Code><Message>injected by the test</Message>"
+                f"<Error><Code>{failure.code}</Code><Message>{escape(failure.message)}</Message>"
                 "<RequestId>test</RequestId></Error>"
             ).encode()
             start_response(

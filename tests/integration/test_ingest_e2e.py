@@ -11,6 +11,7 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
+from common.codec import codec_of_key, decompress
 from common.jobs import ManifestStore
 from common.layout import Layout
 from common.settings import Settings
@@ -48,7 +49,11 @@ async def stored_stats(
         for city in manifest.cities:
             stored = await store.get(city.key)
             assert stored is not None
-            lines = stored.body.splitlines()
+            assert codec_of_key(city.key) == city.codec
+            assert len(stored.body) == city.size_stored
+            body = decompress(stored.body, city.codec)
+            assert len(body) == city.bytes
+            lines = body.splitlines()
             assert len(lines) == city.records
             for line in lines:
                 record = orjson.loads(line)
@@ -177,9 +182,10 @@ async def test_malformed_records_are_counted_and_kept_aside(
     manifest, _ = await ManifestStore(store, Layout()).get(DAY)
     assert manifest is not None
     assert manifest.rejects is not None
+    assert manifest.rejects.key.endswith("/rejects.jsonl.zst")  # the default codec
     rejects = await store.get(manifest.rejects.key)
     assert rejects is not None
-    assert len(rejects.body.splitlines()) == bad
+    assert len(decompress(rejects.body, manifest.rejects.codec).splitlines()) == bad
 
 
 @pytest.mark.parametrize("dialect", ["datetime", "date"])

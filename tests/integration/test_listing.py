@@ -330,8 +330,12 @@ async def test_the_openapi_document_is_valid_and_complete(client: Client) -> Non
     assert required("/process-request", "post") == {"date"}
     assert required("/country-stats", "get") >= {"from", "to"}
     assert required("/jobs", "get") == set()
-    assert spec["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
-    assert spec["paths"]["/process-request"]["post"]["security"] == [{"bearer": []}]
+    schemes = spec["components"]["securitySchemes"]
+    assert {name: scheme["scheme"] for name, scheme in schemes.items()} == {
+        "readToken": "bearer",
+        "writeToken": "bearer",
+    }
+    assert spec["paths"]["/process-request"]["post"]["security"] == [{"writeToken": []}]
     unauthorized = spec["paths"]["/process-request"]["post"]["responses"]["401"]
     assert "WWW-Authenticate" in unauthorized["headers"]
     assert "text/plain" in spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]

@@ -83,6 +83,7 @@ async def test_readiness_names_s3_when_it_goes_away(
         checks = (await ready.get_json())["checks"]
         assert checks["broker"] == "ok"
         assert checks["s3"].startswith("failed")
+        assert str(port) not in checks["s3"], "the error's text (the endpoint) is not served"
 
 
 async def test_metrics_count_requests_by_route_and_status(client: Client) -> None:

@@ -32,7 +32,7 @@ async def write_job(store: S3Store, generation: int, status: JobStatus, day: dat
 
 
 async def write_city(store: S3Store, generation: int, city_id: int, day: date = DAY) -> str:
-    key = LAYOUT.city_object(day, generation, job_id(generation), RUN, city_id)
+    key = LAYOUT.city_object(day, generation, job_id(generation), RUN, city_id, codec="zstd")
     await store.put(key, b'{"city_id":1}\n', content_type="application/x-ndjson")
     record = LAYOUT.city_record(day, generation, job_id(generation), RUN, city_id)
     await store.put(record, b"{}")
@@ -40,7 +40,7 @@ async def write_city(store: S3Store, generation: int, city_id: int, day: date = 
 
 
 async def start_upload(store: S3Store, generation: int, city_id: int, day: date = DAY) -> str:
-    key = LAYOUT.city_object(day, generation, job_id(generation), RUN, city_id)
+    key = LAYOUT.city_object(day, generation, job_id(generation), RUN, city_id, codec="zstd")
     await store.client.create_multipart_upload(Bucket=store.bucket, Key=key)
     return key
 

@@ -13,6 +13,7 @@ stack really runs is ``make compose-test``'s job.)
 import importlib.util
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -23,6 +24,8 @@ import pytest
 from ruamel.yaml import YAML
 
 from common.settings import ENV_PREFIX, Settings
+from consumer.metrics import ConsumerMetrics
+from producer.metrics import ApiMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -202,6 +205,7 @@ def test_every_published_port_is_a_variable_on_the_bind_address() -> None:
         "BUSSTATS_S3_PUBLISHED_PORT": "5000",
         "BUSSTATS_REFSIM_PUBLISHED_PORT": "8080",
         "BUSSTATS_API_PUBLISHED_PORT": "8000",
+        "BUSSTATS_PROMETHEUS_PUBLISHED_PORT": "9090",
     }
 
 
@@ -233,3 +237,327 @@ def test_the_runtime_user_is_not_a_system_account() -> None:
 def test_the_build_backend_is_pinned() -> None:
     build_system = tomllib.loads(PYPROJECT.read_text())["build-system"]
     assert all("==" in requirement for requirement in build_system["requires"])
+
+
+# --- the compose cluster and Prometheus ----------------------------------------------------
+
+CLUSTER = ROOT / "docker-compose.cluster.yml"
+RABBITMQ_CONF = ROOT / "deploy" / "rabbitmq" / "rabbitmq.conf"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+
+
+def load_yaml(path: Path) -> Any:
+    return YAML(typ="safe").load(path.read_text())
+
+
+def test_cluster_nodes_have_fixed_resolvable_hostnames_listed_for_discovery() -> None:
+    """Each node's name is rabbit@<hostname>; classic-config discovery lists exactly those,
+    and every hostname resolves inside the network (the service name or an alias)."""
+    services = load_yaml(CLUSTER)["services"]
+    nodes = {name: service for name, service in services.items() if "hostname" in service}
+    assert len(nodes) == 3
+    conf = RABBITMQ_CONF.read_text()
+    assert "cluster_formation.peer_discovery_backend = classic_config" in conf
+    listed = set(re.findall(r"^cluster_formation\.classic_config\.nodes\.\d+ = (\S+)$", conf, re.M))
+    assert listed == {f"rabbit@{service['hostname']}" for service in nodes.values()}
+    for name, service in nodes.items():
+        aliases = service.get("networks", {}).get("default", {}).get("aliases", [])
+        assert service["hostname"] in {name, *aliases}, f"{name}: hostname does not resolve"
+
+
+def test_cluster_nodes_share_one_cookie_from_the_environment() -> None:
+    text = CLUSTER.read_text()
+    services = load_yaml(CLUSTER)["services"]
+    cookies = {
+        str(service["environment"]["RABBITMQ_ERLANG_COOKIE"])
+        for service in services.values()
+        if "hostname" in service
+    }
+    assert len(cookies) == 1
+    (cookie,) = cookies
+    assert cookie.startswith("${BUSSTATS_ERLANG_COOKIE:?"), "the cookie must be required"
+    assert "RABBITMQ_ERLANG_COOKIE: ${" in text
+
+
+def test_cluster_clients_list_every_node() -> None:
+    services = load_yaml(CLUSTER)["services"]
+    hostnames = sorted(
+        service["hostname"] for service in services.values() if "hostname" in service
+    )
+    for name in ("api", "consumer"):
+        urls = services[name]["environment"][f"{ENV_PREFIX}AMQP_URL"].split(",")
+        assert sorted(re.sub(r"^amqp://[^@]*@([^:/]+).*$", r"\1", url) for url in urls) == hostnames
+        Settings(amqp_url=services[name]["environment"][f"{ENV_PREFIX}AMQP_URL"])
+
+
+def test_prometheus_scrapes_every_consumer_replica_on_the_metrics_port() -> None:
+    config = load_yaml(PROMETHEUS_CONFIG)
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    port = int(project_services()["consumer"]["environment"][f"{ENV_PREFIX}METRICS_PORT"])
+    (sd,) = jobs["bus-stats-consumer"]["dns_sd_configs"]
+    assert sd == {"names": ["consumer"], "type": "A", "port": port, "refresh_interval": "10s"}
+    api_port = project_services()["api"]["environment"][f"{ENV_PREFIX}API_PORT"]
+    assert jobs["bus-stats-api"]["static_configs"] == [{"targets": [f"api:{api_port}"]}]
+    prometheus = load_compose()["services"]["prometheus"]
+    assert prometheus["profiles"] == ["monitoring"]
+    mounted = {volume.split(":")[0] for volume in prometheus["volumes"]}
+    assert mounted == {"./deploy/prometheus/prometheus.yml", "./deploy/prometheus/alerts.yml"}
+
+
+def test_alerts_use_metrics_that_exist() -> None:
+    """Every busstats_* series an alert reads is one our metrics modules define."""
+    defined = {
+        sample.name
+        for registry in (ConsumerMetrics().registry, ApiMetrics().registry)
+        for metric in registry.collect()
+        for sample in metric.samples
+    } | {
+        f"{metric.name}_total"
+        for registry in (ConsumerMetrics().registry, ApiMetrics().registry)
+        for metric in registry.collect()
+        if metric.type == "counter"
+    }
+    rules = [rule for group in load_yaml(ALERTS)["groups"] for rule in group["rules"]]
+    used = {name for rule in rules for name in re.findall(r"\bbusstats_[a-z_]+", rule["expr"])}
+    assert used, "no alert reads our metrics"
+    assert used <= defined, f"unknown metrics: {sorted(used - defined)}"
+    readme = README.read_text()
+    for rule in rules:
+        assert f"`{rule['alert']}`" in readme, f"{rule['alert']}: no runbook line in the README"
+
+
+# --- Kubernetes --------------------------------------------------------------------------
+
+KUBERNETES = ROOT / "deploy" / "kubernetes"
+KEDA_SCHEMAS = ROOT / "deploy" / "schemas" / "keda"
+BENCHMARKS = ROOT / "docs" / "benchmarks.md"
+K8S_VERSION = "1.37.0"  # bundled by kubernetes-validate; the Makefile's K8S_VERSION
+SECRET_KEYS = {"amqp-url", "aws-access-key-id", "aws-secret-access-key", "rabbitmq-management-url"}
+MEBI = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+
+
+def kustomization() -> dict[str, Any]:
+    document: dict[str, Any] = load_yaml(KUBERNETES / "kustomization.yaml")
+    return document
+
+
+def manifests() -> dict[str, dict[str, Any]]:
+    """kind/name -> object, from the files the kustomization lists."""
+    objects: dict[str, dict[str, Any]] = {}
+    for name in kustomization()["resources"]:
+        for document in YAML(typ="safe").load_all((KUBERNETES / name).read_text()):
+            objects[f"{document['kind']}/{document['metadata']['name']}"] = document
+    return objects
+
+
+def settings_literals() -> dict[str, str]:
+    (generator,) = kustomization()["configMapGenerator"]
+    return dict(literal.split("=", 1) for literal in generator["literals"])
+
+
+def container(deployment: str) -> dict[str, Any]:
+    (only,) = manifests()[f"Deployment/{deployment}"]["spec"]["template"]["spec"]["containers"]
+    found: dict[str, Any] = only
+    return found
+
+
+def measured_peak_mib(row: str) -> int:
+    """The figure of a row of docs/benchmarks.md's summary table, e.g. ``171 MiB``."""
+    match = re.search(rf"^\| {re.escape(row)} \| (\d+) MiB \|", BENCHMARKS.read_text(), re.M)
+    assert match, f"no row {row!r} in {BENCHMARKS.name}"
+    return int(match[1])
+
+
+def mib(quantity: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", quantity).groups()  # type: ignore[union-attr]  # a bad quantity fails the test anyway
+    return int(number) * MEBI[unit] / 2**20
+
+
+def test_every_manifest_is_in_the_kustomization() -> None:
+    listed = set(kustomization()["resources"])
+    files = {path.name for path in KUBERNETES.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == files
+
+
+def test_the_secret_is_generated_from_a_gitignored_file_with_an_example() -> None:
+    (generator,) = kustomization()["secretGenerator"]
+    (env_file,) = generator["envs"]
+    assert f"deploy/kubernetes/{env_file}" in (ROOT / ".gitignore").read_text().splitlines()
+    example = (KUBERNETES / f"{env_file}.example").read_text()
+    keys = {
+        line.split("=", 1)[0]
+        for line in example.splitlines()
+        if "=" in line and not line.startswith("#")
+    }
+    assert keys == SECRET_KEYS
+    # KEDA's TriggerAuthentication names the Secret: no hash suffix.
+    assert generator["options"]["disableNameSuffixHash"] is True
+
+
+def test_credentials_come_from_the_secret_only() -> None:
+    secret = kustomization()["secretGenerator"][0]["name"]
+    for deployment in ("bus-stats-api", "bus-stats-consumer"):
+        env = {item["name"]: item for item in container(deployment)["env"]}
+        for name in (f"{ENV_PREFIX}AMQP_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert env[name]["valueFrom"]["secretKeyRef"]["name"] == secret, name
+            assert "value" not in env[name]
+        for item in env.values():
+            assert "value" not in item, f"{deployment}: {item['name']} is a literal"
+    literals = settings_literals()
+    assert not any("AMQP_URL" in key or "SECRET" in key or "TOKEN" in key for key in literals)
+    auth = manifests()["TriggerAuthentication/bus-stats-rabbitmq"]["spec"]["secretTargetRef"]
+    assert auth == [{"parameter": "host", "name": secret, "key": "rabbitmq-management-url"}]
+
+
+def test_settings_are_known() -> None:
+    fields = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    for key in settings_literals():
+        assert key in fields or key in AWS_VARIABLES, key
+
+
+def test_api_deployment() -> None:
+    deployment = manifests()["Deployment/bus-stats-api"]
+    assert deployment["spec"]["replicas"] == 2
+    api = container("bus-stats-api")
+    assert api["args"][0] == "producer"
+    port = int(settings_literals()[f"{ENV_PREFIX}API_PORT"])
+    assert api["ports"] == [{"name": "http", "containerPort": port}]
+    assert api["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert api["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    service = manifests()["Service/bus-stats-api"]["spec"]
+    assert service["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_consumer_deployment_probes_and_grace() -> None:
+    consumer = container("bus-stats-consumer")
+    assert consumer["args"] == ["consumer"]
+    port = int(settings_literals()[f"{ENV_PREFIX}METRICS_PORT"])
+    assert consumer["ports"] == [{"name": "metrics", "containerPort": port}]
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert consumer[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}, probe
+    grace = float(settings_literals()[f"{ENV_PREFIX}SHUTDOWN_GRACE_SECONDS"])
+    pod = manifests()["Deployment/bus-stats-consumer"]["spec"]["template"]["spec"]
+    # The grace for running jobs, then the hand-back (a confirmed publish per job) and exit.
+    assert pod["terminationGracePeriodSeconds"] >= grace + 15
+    assert "replicas" not in manifests()["Deployment/bus-stats-consumer"]["spec"], "KEDA's"
+
+
+@pytest.mark.parametrize(
+    ("deployment", "row"),
+    [
+        ("bus-stats-consumer", "ingest: consumer peak RSS (highest date)"),
+        ("bus-stats-api", "stats: API peak RSS"),
+    ],
+)
+def test_memory_is_sized_from_the_measured_peak(deployment: str, row: str) -> None:
+    peak = measured_peak_mib(row)
+    resources = container(deployment)["resources"]
+    assert mib(resources["requests"]["memory"]) >= peak
+    assert mib(resources["limits"]["memory"]) >= 1.25 * peak, "too little headroom"
+    assert mib(resources["limits"]["memory"]) <= 2 * peak, "more than twice what was measured"
+
+
+def test_disruption_budgets_select_their_pods() -> None:
+    for name in ("bus-stats-api", "bus-stats-consumer"):
+        budget = manifests()[f"PodDisruptionBudget/{name}"]["spec"]
+        labels = manifests()[f"Deployment/{name}"]["spec"]["template"]["metadata"]["labels"]
+        assert budget["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_keda_scales_the_consumers_on_the_job_queue_counting_unacked() -> None:
+    scaled = manifests()["ScaledObject/bus-stats-consumer"]["spec"]
+    assert scaled["scaleTargetRef"]["name"] == "bus-stats-consumer"
+    assert 1 <= scaled["minReplicaCount"] < scaled["maxReplicaCount"] <= 50
+    (trigger,) = scaled["triggers"]
+    assert trigger["type"] == "rabbitmq"
+    # amqp mode sees only ready messages: busy consumers would be scaled down mid-job.
+    assert trigger["metadata"]["protocol"] == "http"
+    assert trigger["metadata"]["mode"] == "QueueLength"
+    namespace = settings_literals()[f"{ENV_PREFIX}NAMESPACE"]
+    assert trigger["metadata"]["queueName"] == f"{namespace}.jobs"
+    assert trigger["metadata"]["value"] == settings_literals()[f"{ENV_PREFIX}JOB_CONCURRENCY"]
+    assert trigger["authenticationRef"]["name"] == "bus-stats-rabbitmq"
+
+
+def validate_core(paths: list[Path]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", "--quiet", "-k", K8S_VERSION]
+        + [str(path) for path in paths],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def validate_keda(kind: str, path: Path) -> subprocess.CompletedProcess[str]:
+    schema = KEDA_SCHEMAS / f"{kind.lower()}_v1alpha1.json"
+    return subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--schemafile", str(schema), str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def test_the_validators_reject_a_broken_manifest(tmp_path: Path) -> None:
+    """The Makefile's linters fail on what they should: a Deployment whose container has no
+    image, a ScaledObject without scaleTargetRef."""
+    deployment = load_yaml(KUBERNETES / "consumer-deployment.yaml")
+    del deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = "45s"
+    broken = tmp_path / "deployment.yaml"
+    broken.write_text(json.dumps(deployment))
+    result = validate_core([broken])
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "terminationGracePeriodSeconds" in result.stdout + result.stderr
+
+    scaled = load_yaml(KUBERNETES / "keda-scaledobject.yaml")
+    del scaled["spec"]["scaleTargetRef"]
+    broken = tmp_path / "scaledobject.yaml"
+    broken.write_text(json.dumps(scaled))
+    result = validate_keda("ScaledObject", broken)
+    assert result.returncode != 0
+    assert "scaleTargetRef" in result.stdout + result.stderr
+
+
+KUBECTL = shutil.which("kubectl")
+
+
+@pytest.mark.skipif(
+    KUBECTL is None, reason="kubectl is not installed: the files are checked one by one"
+)
+def test_the_kustomization_renders_to_valid_objects(tmp_path: Path) -> None:
+    """``kubectl kustomize`` (offline) with the example secrets: every rendered object is
+    valid, core kinds against Kubernetes' schemas, KEDA's against its CRDs."""
+    copy = tmp_path / "kubernetes"
+    shutil.copytree(KUBERNETES, copy, ignore=shutil.ignore_patterns("secrets.env"))
+    shutil.copy(copy / "secrets.env.example", copy / "secrets.env")
+    rendered = subprocess.run(
+        [str(KUBECTL), "kustomize", str(copy)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    documents = list(YAML(typ="safe").load_all(rendered))
+    kinds = sorted(document["kind"] for document in documents)
+    assert kinds == sorted(
+        [document["kind"] for document in manifests().values()] + ["ConfigMap", "Secret"]
+    )
+    core: list[Path] = []
+    for number, document in enumerate(documents):
+        path = tmp_path / f"{number}-{document['kind']}.json"
+        path.write_text(json.dumps(document))
+        if document["apiVersion"].startswith("keda.sh/"):
+            result = validate_keda(document["kind"], path)
+            assert result.returncode == 0, result.stdout + result.stderr
+        else:
+            assert (
+                document["kind"] == "Namespace" or document["metadata"]["namespace"] == "bus-stats"
+            )
+            core.append(path)
+    result = validate_core(core)
+    assert result.returncode == 0, result.stdout + result.stderr

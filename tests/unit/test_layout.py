@@ -6,6 +6,7 @@ from datetime import date
 
 import pytest
 
+from common.codec import CODECS, SUFFIXES, Codec, codec_of_key
 from common.layout import Layout, check_id
 
 DAY = date(2024, 1, 1)
@@ -24,10 +25,13 @@ def test_keys_without_prefix() -> None:
     owned = f"data/date=2024-01-01/{OWNED}"
     assert layout.job_data(DAY, GEN, JOB) == f"data/date=2024-01-01/gen={GEN}/job={JOB}/"
     assert layout.run_data(DAY, GEN, JOB, RUN) == f"{owned}/"
-    assert layout.city_object(DAY, GEN, JOB, RUN, 3) == f"{owned}/city=3.jsonl"
-    assert layout.city_object(DAY, GEN, JOB, RUN, 0) == f"{owned}/city=0.jsonl"
+    assert layout.city_object(DAY, GEN, JOB, RUN, 3, codec="zstd") == f"{owned}/city=3.jsonl.zst"
+    assert layout.city_object(DAY, GEN, JOB, RUN, 3, codec="gzip") == f"{owned}/city=3.jsonl.gz"
+    assert layout.city_object(DAY, GEN, JOB, RUN, 0, codec="none") == f"{owned}/city=0.jsonl"
     assert layout.city_record(DAY, GEN, JOB, RUN, 0) == f"{owned}/city=0.json"
-    assert layout.rejects_object(DAY, GEN, JOB, RUN) == f"{owned}/rejects.jsonl"
+    assert layout.rejects_object(DAY, GEN, JOB, RUN, codec="zstd") == f"{owned}/rejects.jsonl.zst"
+    assert layout.rejects_object(DAY, GEN, JOB, RUN, codec="gzip") == f"{owned}/rejects.jsonl.gz"
+    assert layout.rejects_object(DAY, GEN, JOB, RUN, codec="none") == f"{owned}/rejects.jsonl"
     assert layout.date_partials(DAY) == "partials/date=2024-01-01/"
 
 
@@ -38,9 +42,13 @@ def test_dates_are_zero_padded_iso() -> None:
 def test_run_and_city_keys_sit_under_their_date() -> None:
     layout = Layout("env/")
     assert layout.run_data(DAY, GEN, JOB, RUN).startswith(layout.date_data(DAY))
-    assert layout.city_object(DAY, GEN, JOB, RUN, 5).startswith(layout.run_data(DAY, GEN, JOB, RUN))
-    assert layout.rejects_object(DAY, GEN, JOB, RUN).startswith(layout.run_data(DAY, GEN, JOB, RUN))
-    assert not layout.city_object(date(2024, 1, 11), GEN, JOB, RUN, 5).startswith(
+    assert layout.city_object(DAY, GEN, JOB, RUN, 5, codec="zstd").startswith(
+        layout.run_data(DAY, GEN, JOB, RUN)
+    )
+    assert layout.rejects_object(DAY, GEN, JOB, RUN, codec="zstd").startswith(
+        layout.run_data(DAY, GEN, JOB, RUN)
+    )
+    assert not layout.city_object(date(2024, 1, 11), GEN, JOB, RUN, 5, codec="zstd").startswith(
         layout.date_data(DAY)
     )
 
@@ -51,8 +59,8 @@ KEYS: dict[str, Callable[[Layout], str]] = {
     "manifest": lambda layout: layout.manifest(DAY),
     "date_data": lambda layout: layout.date_data(DAY),
     "run_data": lambda layout: layout.run_data(DAY, GEN, JOB, RUN),
-    "city_object": lambda layout: layout.city_object(DAY, GEN, JOB, RUN, 12),
-    "rejects_object": lambda layout: layout.rejects_object(DAY, GEN, JOB, RUN),
+    "city_object": lambda layout: layout.city_object(DAY, GEN, JOB, RUN, 12, codec="zstd"),
+    "rejects_object": lambda layout: layout.rejects_object(DAY, GEN, JOB, RUN, codec="gzip"),
     "date_partials": lambda layout: layout.date_partials(DAY),
 }
 
@@ -111,8 +119,8 @@ def test_check_id_error_quotes_a_bounded_value() -> None:
         lambda layout: layout.job(RUN.upper()),
         lambda layout: layout.run_data(DAY, GEN, JOB, "../x"),
         lambda layout: layout.run_data(DAY, GEN, "../x", RUN),
-        lambda layout: layout.city_object(DAY, GEN, JOB, "../x", 1),
-        lambda layout: layout.rejects_object(DAY, GEN, JOB, ""),
+        lambda layout: layout.city_object(DAY, GEN, JOB, "../x", 1, codec="zstd"),
+        lambda layout: layout.rejects_object(DAY, GEN, JOB, "", codec="none"),
     ],
 )
 def test_keys_refuse_bad_ids(build: Callable[[Layout], str]) -> None:
@@ -123,7 +131,7 @@ def test_keys_refuse_bad_ids(build: Callable[[Layout], str]) -> None:
 @pytest.mark.parametrize("city_id", ["../x", "1/../2", "", "3.jsonl"])
 def test_city_id_cannot_inject_a_path(city_id: str) -> None:
     with pytest.raises(ValueError, match="invalid literal for int"):
-        Layout().city_object(DAY, GEN, JOB, RUN, city_id)  # type: ignore[arg-type]  # a str on purpose
+        Layout().city_object(DAY, GEN, JOB, RUN, city_id, codec="zstd")  # type: ignore[arg-type]  # a str on purpose
 
 
 def test_layout_is_frozen() -> None:
@@ -132,20 +140,43 @@ def test_layout_is_frozen() -> None:
         layout.prefix = "q/"  # type: ignore[misc]  # assigning to a frozen dataclass on purpose
 
 
-def test_parse_data_key_reads_the_owner_back() -> None:
+@pytest.mark.parametrize(
+    ("codec", "name"),
+    [("zstd", "city=4.jsonl.zst"), ("gzip", "city=4.jsonl.gz"), ("none", "city=4.jsonl")],
+)
+def test_parse_data_key_reads_the_owner_back(codec: Codec, name: str) -> None:
     layout = Layout("p/")
-    owner = layout.parse_data_key(layout.city_object(DAY, GEN, JOB, RUN, 4))
+    owner = layout.parse_data_key(layout.city_object(DAY, GEN, JOB, RUN, 4, codec=codec))
     assert owner is not None
     assert (owner.date, owner.generation, owner.job_id, owner.run_id, owner.name) == (
         DAY,
         GEN,
         JOB,
         RUN,
-        "city=4.jsonl",
+        name,
     )
+    assert not owner.is_record
+    assert codec_of_key(owner.name) == codec
     legacy = layout.parse_data_key(f"p/data/date=2024-01-01/run={RUN}/city=4.jsonl")
     assert legacy is not None
     assert (legacy.generation, legacy.job_id, legacy.run_id) == (None, None, RUN)
+    assert not legacy.is_record
+
+
+def test_a_completion_record_is_told_from_every_codec_of_object() -> None:
+    layout = Layout("p/")
+    record = layout.parse_data_key(layout.city_record(DAY, GEN, JOB, RUN, 4))
+    assert record is not None
+    assert (record.name, record.is_record) == ("city=4.json", True)
+    for codec in CODECS:
+        for key in (
+            layout.city_object(DAY, GEN, JOB, RUN, 4, codec=codec),
+            layout.rejects_object(DAY, GEN, JOB, RUN, codec=codec),
+        ):
+            parsed = layout.parse_data_key(key)
+            assert parsed is not None
+            assert not parsed.is_record
+            assert key.removesuffix(SUFFIXES[codec]) != layout.city_record(DAY, GEN, JOB, RUN, 4)
 
 
 @pytest.mark.parametrize(

@@ -172,3 +172,16 @@ def test_oracle_refuses_a_nondeterministic_simulator() -> None:
 def test_config_refuses_impossible_knobs(knobs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must"):
         SimulatorConfig(**knobs)  # type: ignore[arg-type]  # the knobs are all numeric fields
+
+
+def test_countries_can_be_given_hostile_names() -> None:
+    hostile = ('=HYPERLINK("x","y")', "<b>bold</b>")
+    config = SimulatorConfig(seed=5, cities=12, countries=4, country_names=hostile)
+    plain = cities(SimulatorConfig(seed=5, cities=12, countries=4))
+    named = cities(config)
+    assert set(hostile) <= {city.country for city in named}
+    assert len({city.country for city in named}) == 4
+    assert [(city.id, city.name) for city in named] == [(city.id, city.name) for city in plain]
+    assert cities(SimulatorConfig(seed=5, cities=12, countries=4, country_names=())) == plain
+    with pytest.raises(ValueError, match="country_names"):
+        SimulatorConfig(countries=1, country_names=("a", "b"))
