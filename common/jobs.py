@@ -302,9 +302,11 @@ class ManifestStore:
     async def commit(self, manifest: Manifest, expected_etag: str | None) -> None:
         """Replace the committed version, keeping the claim and lease; for backfills and tests.
 
-        Raises :class:`WriteConflictError` if the date state moved since ``expected_etag``.
+        ``expected_etag`` is the ETag :meth:`get` gave with the version being replaced;
+        ``None``: the date has no committed version yet. Raises
+        :class:`WriteConflictError` if that is no longer so.
         """
         state, etag = await self._ledger.read(manifest.date)
-        if etag != expected_etag:
+        if (state.committed is not None or expected_etag is not None) and etag != expected_etag:
             raise WriteConflictError(f"date {manifest.date}")
         await self._ledger.swap(state.model_copy(update={"committed": manifest}), etag)

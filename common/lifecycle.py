@@ -160,6 +160,11 @@ class Lifecycle:
             return job, True, None
         raise WriteConflictError(f"date {day}: claim")
 
+    async def latest(self, day: date) -> JobState | None:
+        """The job the date's claim names (its newest request), if any."""
+        state, _ = await self.dates.read(day)
+        return None if state.claim is None else await self.jobs.get(state.claim.job_id)
+
     # -- runs -----------------------------------------------------------------------------
 
     async def start(  # noqa: PLR0911 - one return per outcome of a delivery

@@ -54,11 +54,10 @@ def parse_day(raw: str | None, name: str) -> date:
 
 
 def parse_flag(raw: str | None, name: str) -> bool:
+    """``true`` or ``false`` (any case); absent or empty: false; anything else: 400."""
     if raw is None or raw == "":
         return False
     lowered = raw.lower()
-    if lowered in {"true", "1", "yes"}:
-        return True
-    if lowered in {"false", "0", "no"}:
-        return False
+    if lowered in {"true", "false"}:
+        return lowered == "true"
     raise ApiError(400, f"query parameter '{name}' must be true or false, got {raw[:40]!r}")

@@ -687,6 +687,28 @@ def jobs_table(jobs: Sequence[JobView]) -> Table:
     return table
 
 
+def stored_table(payload: object, title: str) -> Table | Text:
+    """``GET /dates``' committed dates: their lines' bytes, the bytes stored, the ratio."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("dates"), list):
+        return Text(json.dumps(payload, indent=2))
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for name in ("date", "records", "lines", "stored", "ratio", "codec"):
+        table.add_column(name, justify="left" if name in {"date", "codec"} else "right")
+    for item in payload["dates"]:
+        committed = item.get("committed")
+        if not isinstance(committed, dict):
+            continue
+        table.add_row(
+            str(item["date"]),
+            f"{committed['records']:,}",
+            human_bytes(committed["bytes"]),
+            human_bytes(committed.get("stored_bytes") or committed["bytes"]),
+            f"{committed.get('ratio', 1.0):.1f}x",
+            "+".join(committed.get("codecs", ["none"])),
+        )
+    return table
+
+
 def stats_table(payload: object, title: str) -> Table | Text:
     """``GET /country-stats``'s rows as a table, missing dates in its caption."""
     if not isinstance(payload, dict) or not isinstance(payload.get("stats"), list):
@@ -861,6 +883,10 @@ def run(
     console.print(jobs_table(jobs))
 
     first, last = min(args.dates).isoformat(), max(args.dates).isoformat()
+    dates_query = f"/dates?from={first}&to={last}"
+    _, dates = request_json("GET", f"{endpoints.api}{dates_query}")
+    console.print()
+    console.print(stored_table(dates, f"Stored: GET {dates_query}"))
     query = f"/country-stats?from={first}&to={last}"
     status, body = request_json("GET", f"{endpoints.api}{query}")
     console.print()

@@ -10,7 +10,8 @@ from quart_schema import document_querystring, document_response
 from common.jobs import JobStore
 from common.lifecycle import Lifecycle
 from common.models import JobState, JobStatus
-from producer.http import ApiError, ErrorBody, json_response, parse_day, parse_flag
+from producer.http import ApiError, ErrorBody, json_response, parse_flag
+from producer.params import check_names, requested_day
 from producer.publisher import PublishError
 from producer.services import get_services
 from producer.submission import submit
@@ -19,8 +20,11 @@ blueprint = Blueprint("jobs", __name__)
 
 
 class ProcessRequestQuery(BaseModel):
-    date: str
+    date: str = Field(description="YYYY-MM-DD, before today (UTC); today needs allow_partial")
     force: bool = False
+    allow_partial: bool = Field(
+        False, description="accept today's date (still running): the job is marked partial"
+    )
 
 
 class JobAccepted(BaseModel):
@@ -68,8 +72,11 @@ class JobView(BaseModel):
 @document_response(ErrorBody, 503)
 async def process_request() -> Response:
     """Queue the gathering of every city's data for a date (or return the date's job)."""
-    day = parse_day(request.args.get("date"), "date")
+    check_names(("date", "force", "allow_partial"))
     force = parse_flag(request.args.get("force"), "force")
+    allow_partial = parse_flag(request.args.get("allow_partial"), "allow_partial")
+    requested = requested_day(request.args.get("date"), "date", allow_partial=allow_partial)
+    day = requested.day
     services = get_services()
     stale_after = timedelta(seconds=services.settings.stale_job_seconds)
     lifecycle = Lifecycle(services.store, services.layout, stale_after=stale_after)
@@ -77,7 +84,14 @@ async def process_request() -> Response:
         # Shielded: a client that disconnects (Quart cancels the handler) must not leave
         # a claim half made; the submission completes or undoes itself either way.
         submission = await asyncio.shield(
-            submit(lifecycle, services.publisher, day, force=force, stale_after=stale_after)
+            submit(
+                lifecycle,
+                services.publisher,
+                day,
+                force=force,
+                stale_after=stale_after,
+                partial=requested.partial,
+            )
         )
     except PublishError as error:
         raise ApiError(503, f"the job could not be queued, try again: {error}") from error
@@ -92,6 +106,7 @@ async def process_request() -> Response:
 @document_response(ErrorBody, 404)
 async def get_job(job_id: str) -> Response:
     """A job's status and progress."""
+    check_names(())
     services = get_services()
     job: JobState | None = await JobStore(services.store, services.layout).get(job_id)
     if job is None:

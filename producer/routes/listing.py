@@ -83,7 +83,10 @@ class CommittedView(BaseModel):
     job_id: str = Field(description="the job whose data is committed")
     committed_at: datetime = Field(description="when that job fetched the date")
     records: int
-    bytes: int
+    bytes: int = Field(description="the date's JSON lines, uncompressed")
+    stored_bytes: int = Field(description="what the date's city objects take in the bucket")
+    ratio: float = Field(description="bytes / stored_bytes: 1 for an uncompressed date")
+    codecs: list[str] = Field(description="the codecs of the date's objects (zstd, gzip, none)")
     cities: int
 
 
@@ -235,20 +238,38 @@ async def _dates_with(
     return found
 
 
+async def _newest_committed(store: ObjectStore, layout: Layout) -> date | None:
+    """The newest date with a committed version (a date state may hold only a claim)."""
+    ledger = DateLedger(store, layout)
+    for day in sorted(await _dates_with(store, layout.manifest, date.min, date.max), reverse=True):
+        try:
+            state, _ = await ledger.read(day)
+        except NewerVersionError:
+            continue
+        if state.committed is not None:
+            return day
+    return None
+
+
 async def _default_range(store: ObjectStore, layout: Layout) -> tuple[date, date]:
-    committed = await _dates_with(store, layout.manifest, date.min, date.max)
-    end = max(committed) if committed else datetime.now(UTC).date()
+    newest = await _newest_committed(store, layout)
+    end = newest or datetime.now(UTC).date()
     return max(date.min, end - timedelta(days=DEFAULT_DAYS - 1)), end
 
 
 def _date_view(day: date, manifest: Manifest | None, job: JobState | None) -> DateView:
     committed = None
     if manifest is not None:
+        lines = sum(city.bytes for city in manifest.cities)
+        stored = sum(city.size_stored for city in manifest.cities)
         committed = CommittedView(
             job_id=manifest.job_id,
             committed_at=manifest.fetched_at,
             records=manifest.records,
-            bytes=sum(city.bytes for city in manifest.cities),
+            bytes=lines,
+            stored_bytes=stored,
+            ratio=round(lines / stored, 2) if stored else 1.0,
+            codecs=sorted({city.codec for city in manifest.cities}),
             cities=len(manifest.cities),
         )
     state: DateState = "missing"

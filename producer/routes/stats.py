@@ -1,6 +1,7 @@
 """``GET /country-stats``: per-country daily statistics, as JSON or CSV."""
 
 import contextlib
+import dataclasses
 import time
 from datetime import date
 from typing import Literal
@@ -9,9 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from quart import Blueprint, Response, request
 from quart_schema import document_querystring, document_response
 
-from producer.http import ApiError, ErrorBody, parse_day, parse_flag
-from producer.limits import RANGE_TOO_LONG, RefusedError, check_verify_dates
+from producer.http import ApiError, ErrorBody, parse_flag
+from producer.limits import check_verify_dates
 from producer.openapi import document_media_response
+from producer.params import check_names, match_country, parse_range
 from producer.services import get_services
 from producer.stats import DateChangingError, S3ObjectSource, StatsReader
 from producer.stats.render import CSV_COLUMNS, csv_bytes, json_bytes
@@ -33,7 +35,9 @@ class CountryStatsQuery(BaseModel):
         description="last date, YYYY-MM-DD (inclusive)", json_schema_extra={"required": True}
     )
     country: str | None = Field(
-        None, description="only this country's rows (exact name, as the answer spells it)"
+        None,
+        description="only this country's rows (any case; a name without data in the range: "
+        "400 listing the known names)",
     )
     format: Literal["json", "csv"] | None = Field(
         None,
@@ -110,23 +114,6 @@ CSV_DESCRIPTION = (
 )
 
 
-def _parse_range(max_days: int) -> tuple[date, date]:
-    start = parse_day(request.args.get("from"), "from")
-    end = parse_day(request.args.get("to"), "to")
-    if end < start:
-        raise ApiError(
-            400, f"query parameter 'from' ({start.isoformat()}) is after 'to' ({end.isoformat()})"
-        )
-    days = (end - start).days + 1
-    if days > max_days:
-        raise RefusedError(
-            400,
-            f"query parameters 'from'..'to' span {days} days; at most {max_days} are allowed",
-            reason=RANGE_TOO_LONG,
-        )
-    return start, end
-
-
 def _wants_csv() -> bool:
     chosen = request.args.get("format")
     if chosen in {None, ""}:
@@ -159,8 +146,9 @@ async def country_stats() -> Response:
     Dates committed with sums are answered from their manifests alone; older dates, and
     every date with verify=true, from their raw objects.
     """
+    check_names(("from", "to", "country", "format", "verify"))
     services = get_services()
-    start, end = _parse_range(services.settings.max_range_days)
+    start, end = parse_range(services.settings.max_range_days)
     as_csv = _wants_csv()
     country = _country()
     verify = parse_flag(request.args.get("verify"), "verify")
@@ -173,11 +161,15 @@ async def country_stats() -> Response:
     clock = time.monotonic()
     try:
         with services.verify_gate.hold() if verify else contextlib.nullcontext():
-            result = await reader.country_stats(start, end, verify=verify, country=country)
+            result = await reader.country_stats(start, end, verify=verify)
     except DateChangingError as error:
         raise ApiError(
             503, f"dates changed while being read, try again: {', '.join(map(str, error.days))}"
         ) from error
+    if country is not None and result.rows:
+        # Matched against the countries with data in the range, whatever the case.
+        name = match_country(country, (row.country for row in result.rows), start, end)
+        result = dataclasses.replace(result, rows=[r for r in result.rows if r.country == name])
     services.metrics.stats_bytes.inc(result.counts.bytes_read)
     services.metrics.stats_partials.inc(result.counts.sums_used)
     # Serialising a year of rows takes a while: never on the event loop.

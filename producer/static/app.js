@@ -391,7 +391,9 @@
     if (v.committed) {
       const c = v.committed;
       parts.push(`data from job ${c.job_id} (${fmtTime(c.committed_at)}): ${fmtInt(c.records)} records, `
-        + `${fmtBytes(c.bytes)}, ${fmtInt(c.cities)} cities${v.partial ? ", partial" : ""}`);
+        + `${fmtBytes(c.bytes)} of lines stored in ${fmtBytes(c.stored_bytes ?? c.bytes)}`
+        + ` (${(c.ratio ?? 1).toFixed(1)}x, ${(c.codecs ?? ["none"]).join("+")}), `
+        + `${fmtInt(c.cities)} cities${v.partial ? ", partial" : ""}`);
     }
     if (v.job && v.job.status !== "succeeded") parts.push(`newest job ${v.job.job_id}: ${jobText(v.job)}`);
     if (v.state === "missing") parts.push("no data");
@@ -569,6 +571,12 @@
     figure.dataset.yMax = String(u.scales.y.max);
   }
 
+  /** An axis's labels, also kept on the figure (data-x-labels, data-y-labels) for the test. */
+  function labelled(figure, key, labels) {
+    figure.dataset[key] = JSON.stringify(labels);
+    return labels;
+  }
+
   function chartSize(figure) {
     const width = Math.max(260, Math.floor(figure.clientWidth - 12));
     return { width, height: width < 500 ? 200 : 240 };
@@ -617,14 +625,14 @@
           {
             font: AXIS_FONT,
             splits: daySplits,
-            values: (u, ticks) => ticks.map(isoDay),
+            values: (u, ticks) => labelled(figure, "xLabels", ticks.map(isoDay)),
           },
           {
             font: AXIS_FONT,
             size: yAxisSize,
             values: (u, ticks, axisIdx, space, incr) => {
               const digits = decimalsOf(incr);
-              return ticks.map((t) => fmtNumber(t, digits));
+              return labelled(figure, "yLabels", ticks.map((t) => fmtNumber(t, digits)));
             },
           },
         ],

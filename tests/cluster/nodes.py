@@ -305,8 +305,8 @@ class Cluster:
             if name.startswith(prefix)
         }
 
-    async def connection_nodes(self, marker: str) -> list[Node]:
-        """The nodes holding the connections whose name contains ``marker``."""
+    async def connection_nodes(self, *markers: str) -> list[Node]:
+        """The nodes holding the connections whose properties contain every marker."""
         text = await self.ctl(
             self.any_up(),
             "list_connections",
@@ -318,7 +318,7 @@ class Cluster:
         found = []
         for line in text.splitlines():
             port, _, properties = line.partition("\t")
-            if marker in properties and port.strip().isdigit():
+            if all(marker in properties for marker in markers) and port.strip().isdigit():
                 found.append(self.node_of_port(int(port)))
         return found
 

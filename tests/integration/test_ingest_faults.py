@@ -128,6 +128,11 @@ async def test_dropped_broker_connections_heal_without_losing_a_job(
                 await wait_for_job(http, api.url, job_id, deadline=90)
                 for job_id in (first["job_id"], answer[1]["job_id"])
             ]
+            # The loss is counted for the BusStatsBrokerErrors alert.
+            port = (await consumer.wait_for_event("metrics.listening"))["port"]
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                metrics = await response.text()
+            assert "\nbusstats_consumer_broker_connection_losses_total 1.0\n" in metrics
     assert [job["status"] for job in jobs] == ["succeeded", "succeeded"]
     assert await stored_stats(store, settings, days) == expected_stats(config, days)
 

@@ -16,9 +16,9 @@ from openapi_spec_validator import validate
 from pydantic import SecretStr
 from quart.typing import TestClientProtocol as Client
 
-from common.jobs import JobStore, ManifestStore
+from common.jobs import DateLedger, JobStore, ManifestStore
 from common.layout import Layout
-from common.models import CityObject, JobState, JobStatus, Manifest
+from common.models import CityObject, Claim, JobState, JobStatus, Manifest
 from common.settings import Settings
 from common.storage import S3Store
 from producer.app import create_app
@@ -64,15 +64,22 @@ async def add_job(
     claim: bool = True,
 ) -> JobState:
     """A job as the API writes it (state, index entry, the date's claim)."""
-    jobs = JobStore(store, Layout())
+    jobs, ledger = JobStore(store, Layout()), DateLedger(store, Layout())
+    state, etag = await ledger.read(day)
     job = JobState.queued(uuid.uuid4().hex, day, force=False).model_copy(
-        update={"status": status, "error": error, "created_at": created, "updated_at": created}
+        update={
+            "status": status,
+            "error": error,
+            "created_at": created,
+            "updated_at": created,
+            "generation": state.top_generation + 1,
+        }
     )
-    await jobs.save(job)
+    await jobs.create(job)
     await jobs.index(job)
     if claim:
-        _, etag = await jobs.latest(day)
-        assert await jobs.point_to(job, etag)
+        new_claim = Claim(job_id=job.job_id, generation=job.generation)
+        await ledger.swap(state.model_copy(update={"claim": new_claim}), etag)
     return job
 
 
@@ -87,12 +94,19 @@ async def commit(store: S3Store, job: JobState, records: int) -> Manifest:
                 city_id=n,
                 name=f"city {n}",
                 country="X",
-                key=f"data/date={job.date}/city={n}.jsonl",
+                key=f"data/date={job.date}/city={n}.jsonl{suffix}",
                 etag='"e"',
                 records=records,
                 bytes=100 * records,
+                codec=codec,
+                stored_bytes=stored_bytes,
             )
-            for n in range(2)
+            # an object from before codecs (no stored_bytes: as many as its lines) and one
+            # compressed ten times
+            for n, codec, suffix, stored_bytes in [
+                (0, "none", "", None),
+                (1, "zstd", ".zst", 10 * records),
+            ]
         ],
     )
     await ManifestStore(store, Layout()).commit(manifest, None)
@@ -197,6 +211,9 @@ async def test_dates_show_each_state(client: Client, store: S3Store) -> None:
         "committed_at": manifest.fetched_at.isoformat().replace("+00:00", "Z"),
         "records": 10,
         "bytes": 1000,
+        "stored_bytes": 550,
+        "ratio": 1.82,
+        "codecs": ["none", "zstd"],
         "cities": 2,
     }
     assert first["job"]["job_id"] == committed.job_id

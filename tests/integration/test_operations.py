@@ -3,7 +3,7 @@
 import asyncio
 import sys
 from collections.abc import AsyncIterator
-from datetime import date
+from datetime import date, timedelta
 
 import aio_pika
 import aiohttp
@@ -13,10 +13,9 @@ from moto.server import ThreadedMotoServer
 from pydantic import SecretStr
 from quart.typing import TestClientProtocol as Client
 
-from common.jobs import JobStore
 from common.layout import Layout
+from common.lifecycle import Lifecycle
 from common.messages import JobMessage, decode_job
-from common.models import JobState
 from common.settings import Settings
 from common.storage import S3Store
 from common.topology import declare_topology
@@ -25,6 +24,11 @@ from tests.conftest import make_settings
 from tests.integration.services import ROOT, environment, free_port, start, start_consumer
 
 pytestmark = pytest.mark.integration
+
+
+def NEVER(*_: object) -> bool:  # noqa: N802 - a constant-like predicate
+    """A reuse rule that always makes a new job."""
+    return False
 
 
 @pytest.fixture
@@ -147,12 +151,12 @@ async def test_replay_dead_letters_queues_new_jobs_and_keeps_poison(
     channel = await amqp.channel(publisher_confirms=True)
     topology = await declare_topology(channel, settings.namespace, settings.delivery_limit)
     dead_exchange = await channel.get_exchange(topology.names.dead_letter_exchange)
-    jobs = JobStore(store, Layout())
+    lifecycle = Lifecycle(store, Layout(), stale_after=timedelta(seconds=60))
     day, other_day = date(2024, 1, 1), date(2024, 1, 2)
     # A dead job that still holds its date's claim, and one overtaken by a newer job.
-    dead = await jobs.claim(JobState.queued("a" * 32, day, force=False))
-    overtaken = await jobs.claim(JobState.queued("b" * 32, other_day, force=False))
-    await jobs.claim(JobState.queued("c" * 32, other_day, force=True))
+    dead, _, _ = await lifecycle.claim(day, force=False, reuse=NEVER)
+    overtaken, _, _ = await lifecycle.claim(other_day, force=False, reuse=NEVER)
+    await lifecycle.claim(other_day, force=True, reuse=NEVER)
     for job in (dead, overtaken):
         message = JobMessage(job_id=job.job_id, date=job.date)
         await dead_exchange.publish(
@@ -176,7 +180,7 @@ async def test_replay_dead_letters_queues_new_jobs_and_keeps_poison(
     assert replay.job_id != dead.job_id
     assert replayed.message_id == replay.job_id
     await replayed.ack()
-    pointer, _ = await jobs.claim_of(day)
+    pointer = (await lifecycle.dates.read(day))[0].claim
     assert pointer is not None
     assert (pointer.job_id, pointer.generation) == (replay.job_id, dead.generation + 1)
     assert await topology.queue.get(fail=False) is None  # the overtaken one is not replayed

@@ -127,7 +127,7 @@ def check_waited(final: dict[str, Any], seen: list[dict[str, Any]], consumer: Se
     assert waiting, "the job's state never said when its next attempt is"
     for job in waiting:
         assert datetime.fromisoformat(job["next_attempt_at"]) > datetime.fromisoformat(
-            job["updated_at"]
+            job["started_at"]
         )
         assert job["error"]
 

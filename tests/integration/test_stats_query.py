@@ -19,6 +19,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 from quart import Quart
 
+from common.codec import Codec, codec_of_key
 from common.jobs import ManifestStore
 from common.layout import Layout
 from common.models import CityObject, Manifest
@@ -230,7 +231,7 @@ async def test_verify_reports_stored_sums_that_disagree_with_the_objects(
     async with api_app(prefixed) as app:
         plain = await query(app, DAY, DAY)
         audited = await query(app, DAY, DAY, "&verify=true")
-        path = f"/country-stats?from={DAY}&to={DAY}&verify=1&format=csv"
+        path = f"/country-stats?from={DAY}&to={DAY}&verify=true&format=csv"
         as_csv = await app.test_client().get(path)
     truth = expected(records)
     assert [row["passengers"] for row in plain["stats"]] == [
@@ -351,18 +352,27 @@ async def test_the_sums_path_and_the_object_path_agree_for_processed_dates(
     settings: Settings, store: S3Store, amqp: AbstractRobustConnection
 ) -> None:
     """Dates processed by the real consumer carry sums; their answer equals the oracle's
-    and the object path's (verify, and the same dates with their sums removed)."""
+    and the object path's (verify, and the same dates with their sums removed).
+
+    The three dates are written with three codecs, as a bucket holds them after the
+    default changed: uncompressed (before codecs), gzip, and zstd (the default). verify,
+    the object path and the backfill read each by its keys' suffix, side by side.
+    """
     days = [DAY + timedelta(days=offset) for offset in range(3)]
+    codecs: list[Codec] = ["none", "gzip", "zstd"]
     layout = Layout(settings.s3_prefix)
     async with serve(E2E) as live:
         settings = settings.model_copy(update={"reference_url": live.url})
         api = await start_api(settings)
-        consumer = await start_consumer(settings)
-        async with running(api.service, consumer), aiohttp.ClientSession() as http:
-            for day in days:
-                async with http.post(f"{api.url}/process-request?date={day}") as response:
-                    job_id = (await response.json())["job_id"]
-                job = await wait_for_job(http, api.url, job_id, deadline=120)
+        async with running(api.service), aiohttp.ClientSession() as http:
+            for day, codec in zip(days, codecs, strict=True):
+                consumer = await start_consumer(
+                    settings, extra_env={"BUSSTATS_OBJECT_CODEC": codec}
+                )
+                async with running(consumer):
+                    async with http.post(f"{api.url}/process-request?date={day}") as response:
+                        job_id = (await response.json())["job_id"]
+                    job = await wait_for_job(http, api.url, job_id, deadline=120)
                 assert job["status"] == "succeeded", job
 
             async def ask(extra: str = "") -> dict[str, Any]:
@@ -383,14 +393,32 @@ async def test_the_sums_path_and_the_object_path_agree_for_processed_dates(
     assert audited["verify"]["status"] == "ok"
     assert audited["verify"]["dates_without_sums"] == []
 
-    # The same dates as legacy dates (sums removed): the object path alone answers them.
+    # Each date's objects carry its codec in their keys and in the manifest.
     manifests = ManifestStore(store, layout)
-    for day in days:
-        manifest, etag = await manifests.get(day)
+    stored: list[Manifest] = []
+    for day, codec in zip(days, codecs, strict=True):
+        manifest, _ = await manifests.get(day)
         assert manifest is not None
-        assert all(city.sums is not None for city in manifest.cities)
+        assert {(city.codec, codec_of_key(city.key)) for city in manifest.cities} == {
+            (codec, codec)
+        }
+        lines = sum(city.bytes for city in manifest.cities)
+        on_disk = sum(city.size_stored for city in manifest.cities)
+        assert (on_disk == lines) == (codec == "none")
+        stored.append(manifest)
+
+    # The same dates as legacy dates (sums removed): the object path alone answers them,
+    # and the backfill reads every codec back to the sums the consumer made.
+    for manifest in stored:
+        _, etag = await manifests.get(manifest.date)
         bare = [city.model_copy(update={"sums": None}) for city in manifest.cities]
         await manifests.commit(manifest.model_copy(update={"cities": bare}), etag)
     async with api_app(settings) as app:
         by_objects = await query(app, days[0], days[-1])
     assert by_objects["stats"] == oracle
+    backfill = backfill_of(store, layout)
+    assert [(await backfill.backfill(day)).outcome for day in days] == ["written"] * 3
+    for manifest in stored:
+        again, _ = await manifests.get(manifest.date)
+        assert again is not None
+        assert [city.sums for city in again.cities] == [city.sums for city in manifest.cities]

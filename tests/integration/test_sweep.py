@@ -1,16 +1,17 @@
-"""What the sweeps delete, decided from keys, manifests and job states: never from clocks.
+"""What the sweeps delete, decided from keys and the date's state: never from clocks.
 
 Against a real Moto server: objects and unfinished uploads of several generations and jobs
 of one date, then the commit's sweep and the final sweep, checked key by key.
 """
 
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 
-from common.jobs import JobStore, ManifestStore
+from common.jobs import DateLedger, JobStore, ManifestStore
 from common.layout import Layout
-from common.models import CityObject, JobState, JobStatus, Manifest, utc_now
+from common.lifecycle import Lifecycle
+from common.models import CityObject, Claim, JobState, JobStatus, Manifest, RunLease, utc_now
 from common.storage import S3Store
 from consumer.sweep import Sweeper
 
@@ -28,7 +29,20 @@ def job_id(generation: int) -> str:
 
 async def write_job(store: S3Store, generation: int, status: JobStatus, day: date = DAY) -> None:
     state = JobState.queued(job_id(generation), day, force=True, generation=generation)
-    await JobStore(store, LAYOUT).save(state.model_copy(update={"status": status}))
+    await JobStore(store, LAYOUT).create(state.model_copy(update={"status": status}))
+
+
+async def hold(store: S3Store, *, claim: int | None, lease: int | None, day: date = DAY) -> None:
+    """The date's state names the job of generation ``claim`` and the lease of ``lease``."""
+    ledger = DateLedger(store, LAYOUT)
+    state, etag = await ledger.read(day)
+    update = {
+        "claim": None if claim is None else Claim(job_id=job_id(claim), generation=claim),
+        "run": None
+        if lease is None
+        else RunLease(job_id=job_id(lease), generation=lease, run_id=RUN),
+    }
+    await ledger.swap(state.model_copy(update=update), etag)
 
 
 async def write_city(store: S3Store, generation: int, city_id: int, day: date = DAY) -> str:
@@ -107,6 +121,7 @@ async def test_the_final_sweep_keeps_active_jobs_whatever_their_age(store: S3Sto
     await write_job(store, 3, "failed")
     await write_job(store, 4, "running")
     await write_job(store, 5, "queued")
+    await hold(store, claim=5, lease=4)  # 4 runs on after 5 claimed the date
     failed = await write_city(store, 3, 1)
     running = await write_city(store, 4, 1)
     queued = await write_city(store, 5, 1)
@@ -131,6 +146,7 @@ async def test_the_final_sweep_keeps_active_jobs_whatever_their_age(store: S3Sto
 async def test_the_final_sweep_of_a_date_never_committed(store: S3Store) -> None:
     await write_job(store, 1, "failed")
     await write_job(store, 2, "running")
+    await hold(store, claim=2, lease=2)
     failed = await write_city(store, 1, 1)
     running = await write_city(store, 2, 1)
 
@@ -148,9 +164,10 @@ async def test_deleting_a_job_touches_no_other_job(store: S3Store) -> None:
     theirs = await write_city(store, 2, 1)
     upload = await start_upload(store, 1, 3)
 
-    counts = await Sweeper(store, LAYOUT).delete_job(DAY, 1, job_id(1))
+    lifecycle = Lifecycle(store, LAYOUT, stale_after=timedelta(seconds=60))
+    deleted = await lifecycle.delete_job_data(DAY, 1, job_id(1))
 
     assert await keys(store) == {theirs, theirs.removesuffix("l")}
     assert mine not in await keys(store)
     assert upload not in await uploads(store)
-    assert (counts.objects, counts.uploads) == (2, 1)
+    assert deleted == 2

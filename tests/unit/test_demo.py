@@ -91,3 +91,22 @@ def test_tables_fit_the_terminal(monkeypatch: pytest.MonkeyPatch, width: int) ->
     assert max(len(line) for line in text.splitlines()) <= width
     assert "3,445.60" in text
     assert "0123456789abcdef" in text.replace("\n", "")
+
+
+def test_the_stored_table_shows_bytes_and_ratio() -> None:
+    committed = {"records": 1000, "bytes": 130_000, "stored_bytes": 10_000, "ratio": 13.0}
+    payload = {
+        "dates": [
+            {"date": "2024-01-01", "committed": {**committed, "codecs": ["zstd"]}},
+            {"date": "2024-01-02", "committed": None},
+        ]
+    }
+    table = demo.stored_table(payload, "Stored")
+    console = Console(width=120, record=True)
+    console.print(table)
+    text = console.export_text()
+    assert "2024-01-01" in text
+    assert "2024-01-02" not in text
+    assert "13.0x" in text
+    assert "zstd" in text
+    assert "9.8 KiB" in text

@@ -1,0 +1,631 @@
+"""A model check of the job and date lifecycle (issue 17): random schedules of real code.
+
+The actors are the real :mod:`common.lifecycle`, :mod:`common.jobs`,
+:func:`producer.submission.submit` and :class:`consumer.sweep.Sweeper`, each an asyncio
+task over an in-memory store with S3's conditional semantics (:mod:`tests.unit.memory_s3`).
+Every store request (and every publish) of an actor waits at its own gate; the state
+machine's rules choose whose next request goes through, and how it fares:
+
+- ``ok``: applied and answered;
+- ``conflict``: ``409 ConditionalRequestConflict`` (a conditional PUT; not applied);
+- ``lost``: applied, but the answer never arrives (a connection reset);
+- ``unavailable``: ``503 SlowDown`` (not applied);
+- ``crash``: the actor's process is gone; none of its requests ever arrive again.
+
+An actor not chosen is paused between any two requests for any number of steps (a run
+presumed dead by the broker, a stalled API), then resumed. The actors: a request
+(``POST /process-request``, plain or ``force``: claim, then publish), a delivery of a
+published job (start, one or two city objects and their completion records, progress,
+a lease check, commit, succeed, the commit's sweep; a failure releases the job, or on the
+last delivery gives it up), a give-up (deliveries spent), and a final sweep.
+
+After every step: a ``succeeded`` or ``failed`` job never changes; a date's committed
+version changes only to a higher generation and never two versions at one generation;
+every object it names exists; its job is never ``failed``; each new claim takes a higher
+generation. At the end every actor runs out without faults, every job that is not final
+is delivered again, and a plain request is made for each date (as a user would): then
+every date is committed, by its newest ``succeeded`` job, and no claimed job is left
+``queued`` or ``running``.
+"""
+
+import asyncio
+import traceback
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any, Final, Literal
+
+import orjson
+import structlog
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from common.jobs import parse_date_state
+from common.layout import Layout
+from common.lifecycle import Committed, FencedError, Lifecycle, Run
+from common.messages import JobMessage
+from common.models import (
+    CityObject,
+    CityRecord,
+    DateState,
+    JobState,
+    Manifest,
+    utc_now,
+)
+from common.storage import ObjectInfo, PendingUpload, S3Writer, StoredObject, WriteConflictError
+from consumer.sweep import Sweeper
+from producer.submission import submit
+from tests.unit.memory_s3 import MemoryS3
+
+Fault = Literal["ok", "conflict", "lost", "unavailable", "crash"]
+# Shrinks towards "ok"; faults are rarer than answers.
+FAULTS: Final[tuple[Fault, ...]] = (
+    "ok",
+    "ok",
+    "ok",
+    "ok",
+    "conflict",
+    "lost",
+    "unavailable",
+    "crash",
+)
+DAYS: Final = (date(2024, 1, 1), date(2024, 1, 2))
+STALE: Final = timedelta(seconds=20)  # the store's clock ticks once per request
+LAYOUT: Final = Layout("")
+MAX_ACTORS: Final = 5  # live at once
+MAX_SETTLE: Final = 10_000  # loop turns for the actors to reach their gates
+MAX_DRAIN_STEPS: Final = 500  # requests of one actor run out at the end
+FINAL_STATUSES: Final = frozenset({"succeeded", "failed"})
+
+
+class Crash(BaseException):
+    """The actor's process is gone: none of its requests reach the store any more."""
+
+
+class StoreUnavailableError(Exception):
+    """``503 SlowDown``: the request was not applied."""
+
+
+class AnswerLostError(ConnectionError):
+    """The request was applied but its answer never arrived."""
+
+
+EXPECTED: Final = (FencedError, WriteConflictError, StoreUnavailableError, ConnectionError)
+
+
+class Gate:
+    """Where an actor waits before each request until the model lets it through."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.op = ""
+        self.waiter: asyncio.Future[Fault] | None = None
+        self.crashed = False
+
+    async def enter(self, op: str) -> Fault:
+        if self.crashed:
+            raise Crash
+        self.op = op
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            fault = await self.waiter
+        finally:
+            self.waiter = None
+        if fault == "crash":
+            self.crashed = True
+            raise Crash
+        return fault
+
+
+class GatedStore:
+    """The :class:`ObjectStore` one actor sees: each request passes its gate first."""
+
+    def __init__(self, memory: MemoryS3, gate: Gate, trace: list[str]) -> None:
+        self._memory = memory
+        self._gate = gate
+        self._trace = trace
+
+    async def _enter(self, op: str) -> Fault:
+        fault = await self._gate.enter(op)
+        self._memory.tick()
+        self._trace.append(f"{self._gate.name}: {op} [{fault}]")
+        if fault == "unavailable":
+            raise StoreUnavailableError(op)
+        return fault
+
+    async def get(self, key: str) -> StoredObject | None:
+        fault = await self._enter(f"GET {key}")
+        if fault == "conflict":  # a GET never answers 409: take it as a 503
+            raise StoreUnavailableError(key)
+        found = await self._memory.get(key)
+        if fault == "lost":
+            raise AnswerLostError(key)
+        return found
+
+    async def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        content_type: str = "application/json",
+        if_none_match: bool = False,
+        if_match: str | None = None,
+    ) -> str:
+        condition = (
+            " If-None-Match" if if_none_match else f" If-Match {if_match}" if if_match else ""
+        )
+        fault = await self._enter(f"PUT {key}{condition}")
+        if fault == "conflict":
+            if if_none_match or if_match is not None:
+                raise WriteConflictError(f"{key}: 409 ConditionalRequestConflict")
+            raise StoreUnavailableError(key)
+        try:
+            etag = await self._memory.put(
+                key,
+                body,
+                content_type=content_type,
+                if_none_match=if_none_match,
+                if_match=if_match,
+            )
+        except WriteConflictError:
+            if fault == "lost":
+                raise AnswerLostError(key) from None
+            self._trace.append(f"{self._gate.name}:   -> 412")
+            raise
+        if fault == "lost":
+            raise AnswerLostError(key)
+        return etag
+
+    async def delete(self, keys: Iterable[str]) -> None:
+        batch = list(keys)
+        if not batch:
+            return  # no request is sent
+        fault = await self._enter(f"DELETE {' '.join(batch)}")
+        if fault == "conflict":
+            raise StoreUnavailableError("delete")
+        await self._memory.delete(batch)
+        if fault == "lost":
+            raise AnswerLostError("delete")
+
+    async def list_objects(self, prefix: str, start_after: str = "") -> AsyncIterator[ObjectInfo]:
+        fault = await self._enter(f"LIST {prefix}")
+        if fault != "ok":
+            raise StoreUnavailableError(prefix)
+        found = [item async for item in self._memory.list_objects(prefix, start_after)]
+        for item in found:
+            yield item
+
+    async def pending_uploads(self, prefix: str) -> list[PendingUpload]:
+        return await self._memory.pending_uploads(prefix)
+
+    async def abort_upload(self, key: str, upload_id: str) -> None:
+        await self._memory.abort_upload(key, upload_id)
+
+    def writer(self, key: str, content_type: str) -> S3Writer:
+        return self._memory.writer(key, content_type)
+
+
+@dataclass
+class Broker:
+    """The published messages (a job may be delivered any number of times)."""
+
+    messages: dict[str, date] = field(default_factory=dict)
+
+
+class GatedPublisher:
+    """The API's publisher: a publish is one more request through the actor's gate."""
+
+    def __init__(self, broker: Broker, gate: Gate, trace: list[str]) -> None:
+        self._broker = broker
+        self._gate = gate
+        self._trace = trace
+
+    async def publish(self, job: JobMessage) -> None:
+        fault = await self._gate.enter(f"publish {job.job_id}")
+        self._trace.append(f"{self._gate.name}: publish {job.job_id} [{fault}]")
+        if fault in {"unavailable", "conflict"}:
+            raise ConnectionError("the broker did not confirm")
+        self._broker.messages[job.job_id] = job.date
+        if fault == "lost":
+            raise AnswerLostError("the confirm was lost")
+
+
+@dataclass
+class Actor:
+    name: str
+    gate: Gate
+    task: "asyncio.Task[None]"
+
+    @property
+    def waiting(self) -> bool:
+        return not self.task.done() and self.gate.waiter is not None
+
+
+def _job_id(key: str) -> str | None:
+    if key.startswith("jobs/") and key.endswith(".json"):
+        return key.removeprefix("jobs/").removesuffix(".json")
+    return None
+
+
+class LifecycleMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.logs = structlog.testing.capture_logs()  # thousands of lines otherwise
+        self.logs.__enter__()
+        self.memory = MemoryS3()
+        self.broker = Broker()
+        self.trace: list[str] = []
+        self.actors: list[Actor] = []
+        self.count = 0
+        self.unexpected: list[str] = []
+        self.failed = False
+        # What the invariants remember from earlier steps.
+        self.finals: dict[str, bytes] = {}
+        self.committed: dict[date, Manifest] = {}
+        self.generations: dict[tuple[date, int], str] = {}
+        self.last_claim: dict[date, tuple[str, int]] = {}
+        self.claimed: dict[str, date] = {}
+        self.requested: set[date] = set()
+
+    # -- actors ---------------------------------------------------------------------------
+
+    def _spawn(
+        self, kind: str, body: Callable[[GatedStore, Gate], Coroutine[Any, Any, None]]
+    ) -> None:
+        self.count += 1
+        gate = Gate(f"{kind}#{self.count}")
+        store = GatedStore(self.memory, gate, self.trace)
+        self.trace.append(f"{gate.name}: spawned")
+        task = self.loop.create_task(self._guard(gate.name, body(store, gate)))
+        self.actors.append(Actor(gate.name, gate, task))
+        self._settle()
+
+    async def _guard(self, name: str, body: Coroutine[Any, Any, None]) -> None:
+        try:
+            await body
+        except Crash:
+            self.trace.append(f"{name}: crashed")
+        except EXPECTED as error:
+            self.trace.append(f"{name}: stopped by {error!r}")
+        except Exception as error:  # noqa: BLE001 - reported by the invariant
+            self.unexpected.append(f"{name}: {''.join(traceback.format_exception(error))}")
+        else:
+            self.trace.append(f"{name}: done")
+
+    def _settle(self) -> None:
+        """Run the loop until every actor waits at its gate or is done."""
+
+        async def settle() -> None:
+            for _ in range(MAX_SETTLE):
+                if all(actor.task.done() or actor.waiting for actor in self.actors):
+                    return
+                await asyncio.sleep(0)
+            self._fail("an actor neither finished nor reached the store")
+
+        self.loop.run_until_complete(settle())
+        self.actors = [actor for actor in self.actors if not actor.task.done()]
+
+    def _waiting(self) -> list[Actor]:
+        return [actor for actor in self.actors if actor.waiting]
+
+    def _let(self, actor: Actor, fault: Fault) -> None:
+        waiter = actor.gate.waiter
+        assert waiter is not None
+        waiter.set_result(fault)
+        self._settle()
+
+    def _lifecycle(self, store: GatedStore) -> Lifecycle:
+        return Lifecycle(store, LAYOUT, stale_after=STALE)
+
+    def _request(
+        self, day: date, force: bool
+    ) -> Callable[[GatedStore, Gate], Coroutine[Any, Any, None]]:
+        async def body(store: GatedStore, gate: Gate) -> None:
+            publisher = GatedPublisher(self.broker, gate, self.trace)
+            done = await submit(
+                self._lifecycle(store), publisher, day, force=force, stale_after=STALE
+            )
+            self.trace.append(f"{gate.name}: job {done.job.job_id} created={done.created}")
+
+        return body
+
+    def _delivery(
+        self, job_id: str, day: date, *, redelivered: bool, last: bool, cities: int
+    ) -> Callable[[GatedStore, Gate], Coroutine[Any, Any, None]]:
+        async def body(store: GatedStore, gate: Gate) -> None:
+            lifecycle = self._lifecycle(store)
+            sweeper = Sweeper(store, LAYOUT)
+            start = await lifecycle.start(job_id, day, redelivered=redelivered)
+            self.trace.append(f"{gate.name}: start -> {type(start).__name__}")
+            if isinstance(start, Committed):
+                await sweeper.after_commit(start.manifest)
+                return
+            if not isinstance(start, Run):
+                return
+            await self._run(start, store, sweeper, last=last, cities=cities)
+
+        return body
+
+    async def _run(
+        self, run: Run, store: GatedStore, sweeper: Sweeper, *, last: bool, cities: int
+    ) -> None:
+        """What :class:`consumer.handler._Run` does, with one or two fake cities."""
+        lease = run.lease
+        names = (run.state.date, lease.generation, lease.job_id, lease.run_id)
+        try:
+            objects: list[CityObject] = []
+            for city_id in range(1, cities + 1):
+                key = LAYOUT.city_object(*names, city_id, codec="none")
+                body = orjson.dumps({"run": lease.run_id, "city": city_id})
+                etag = await store.put(key, body, content_type="application/x-ndjson")
+                city = CityObject(
+                    city_id=city_id,
+                    name=f"city {city_id}",
+                    country="XX",
+                    key=key,
+                    etag=etag,
+                    records=1,
+                    bytes=len(body),
+                )
+                record = CityRecord(city=city, bad_records=0, kept_bad=[])
+                await store.put(
+                    LAYOUT.city_record(*names, city_id), record.model_dump_json().encode()
+                )
+                objects.append(city)
+                progress = {
+                    "cities_done": len(objects),
+                    "records": len(objects),
+                    "updated_at": utc_now(),
+                }
+                await run.save(run.state.model_copy(update=progress))
+                await run.check()  # the heartbeat's lease check
+            manifest = Manifest(
+                date=run.state.date,
+                job_id=lease.job_id,
+                run_id=lease.run_id,
+                generation=lease.generation,
+                fetched_at=utc_now(),
+                cities=objects,
+            )
+            manifest = await run.commit(manifest)
+        except FencedError:
+            return
+        except (WriteConflictError, StoreUnavailableError, ConnectionError) as error:
+            if run.committed:
+                return
+            try:
+                if last:
+                    await run.give_up(f"the last attempt failed: {error!r}")
+                else:
+                    await run.release(f"retried: {error!r}")
+            except FencedError:
+                return
+            return
+        await run.succeed(manifest)
+        await sweeper.after_commit(manifest)
+
+    def _give_up(
+        self, job_id: str, day: date
+    ) -> Callable[[GatedStore, Gate], Coroutine[Any, Any, None]]:
+        async def body(store: GatedStore, gate: Gate) -> None:
+            ended = await self._lifecycle(store).end(job_id, day, "its deliveries are spent")
+            self.trace.append(f"{gate.name}: ended {None if ended is None else ended.status}")
+
+        return body
+
+    def _final_sweep(self, day: date) -> Callable[[GatedStore, Gate], Coroutine[Any, Any, None]]:
+        async def body(store: GatedStore, gate: Gate) -> None:
+            counts = await Sweeper(store, LAYOUT).final(day)
+            self.trace.append(f"{gate.name}: swept {counts}")
+
+        return body
+
+    # -- rules ----------------------------------------------------------------------------
+
+    def _room(self) -> bool:
+        return len(self.actors) < MAX_ACTORS
+
+    def _message(self, pick: int) -> tuple[str, date]:
+        messages = list(self.broker.messages.items())  # in publishing order: ids are random
+        return messages[pick % len(messages)]
+
+    @precondition(_room)
+    @rule(day=st.sampled_from(DAYS), force=st.booleans())
+    def request(self, day: date, force: bool) -> None:
+        self.requested.add(day)
+        self._spawn("request-force" if force else "request", self._request(day, force))
+
+    @precondition(lambda self: self._room() and self.broker.messages)
+    @rule(
+        pick=st.integers(0, 15),
+        redelivered=st.booleans(),
+        last=st.booleans(),
+        cities=st.integers(1, 2),
+    )
+    def deliver(self, pick: int, redelivered: bool, last: bool, cities: int) -> None:
+        job_id, day = self._message(pick)
+        kind = "redelivery" if redelivered else "copy"
+        self._spawn(
+            f"{kind}-{job_id[:6]}",
+            self._delivery(job_id, day, redelivered=redelivered, last=last, cities=cities),
+        )
+
+    @precondition(lambda self: self._room() and self.broker.messages)
+    @rule(pick=st.integers(0, 15))
+    def give_up(self, pick: int) -> None:
+        job_id, day = self._message(pick)
+        self._spawn(f"give-up-{job_id[:6]}", self._give_up(job_id, day))
+
+    @precondition(_room)
+    @rule(day=st.sampled_from(DAYS))
+    def final_sweep(self, day: date) -> None:
+        self._spawn("final-sweep", self._final_sweep(day))
+
+    @precondition(lambda self: bool(self._waiting()))
+    @rule(pick=st.integers(0, 7), fault=st.sampled_from(FAULTS))
+    def step(self, pick: int, fault: Fault) -> None:
+        """One actor's next request goes through (or fails as ``fault`` says)."""
+        waiting = self._waiting()
+        self._let(waiting[pick % len(waiting)], fault)
+
+    @precondition(lambda self: bool(self._waiting()))
+    @rule(pick=st.integers(0, 7), steps=st.integers(1, 8))
+    def advance(self, pick: int, steps: int) -> None:
+        """One actor's next few requests go through, answered."""
+        actor = self._waiting()[pick % len(self._waiting())]
+        for _ in range(steps):
+            if not actor.waiting:
+                break
+            self._let(actor, "ok")
+
+    # -- invariants -----------------------------------------------------------------------
+
+    def _fail(self, message: str) -> None:
+        self.failed = True
+        schedule = "\n".join(self.trace[-80:])
+        raise AssertionError(f"{message}\n-- the last requests, oldest first:\n{schedule}")
+
+    def _jobs(self) -> dict[str, JobState]:
+        jobs: dict[str, JobState] = {}
+        for key, entry in self.memory.objects.items():
+            job_id = _job_id(key)
+            if job_id is not None:
+                jobs[job_id] = JobState.model_validate_json(entry.body)
+        return jobs
+
+    def _date_state(self, day: date) -> DateState | None:
+        entry = self.memory.objects.get(LAYOUT.manifest(day))
+        return None if entry is None else parse_date_state(day, entry.body)
+
+    @invariant()
+    def lifecycle_holds(self) -> None:
+        if self.unexpected:
+            self._fail(f"an actor raised: {self.unexpected[0]}")
+        jobs = self._jobs()
+        for key, body in self.finals.items():
+            entry = self.memory.objects.get(key)
+            if entry is None or entry.body != body:
+                now = "deleted" if entry is None else entry.body.decode()
+                self._fail(f"the final state {body.decode()} of {key} changed: now {now}")
+        for key, entry in self.memory.objects.items():
+            job_id = _job_id(key)
+            if job_id is not None and jobs[job_id].status in FINAL_STATUSES:
+                self.finals.setdefault(key, entry.body)
+        for day in DAYS:
+            self._check_date(day, jobs)
+
+    def _check_date(self, day: date, jobs: dict[str, JobState]) -> None:
+        state = self._date_state(day)
+        before = self.committed.get(day)
+        committed = None if state is None else state.committed
+        if before is not None:
+            if committed is None:
+                self._fail(f"{day}: the committed generation {before.generation} disappeared")
+            elif committed.run_id != before.run_id and committed.generation <= before.generation:
+                self._fail(
+                    f"{day}: committed generation {before.generation} (run {before.run_id}) "
+                    f"replaced by generation {committed.generation} (run {committed.run_id})"
+                )
+        if committed is not None:
+            self.committed[day] = committed
+            seen = self.generations.setdefault((day, committed.generation), committed.run_id)
+            if seen != committed.run_id:
+                self._fail(f"{day}: two committed versions at generation {committed.generation}")
+            for city in committed.cities:
+                if city.key not in self.memory.objects:
+                    self._fail(f"{day}: the committed version names {city.key}, which is gone")
+            job = jobs.get(committed.job_id)
+            if job is None or job.status == "failed":
+                self._fail(f"{day}: the committed job {committed.job_id} is {job and job.status}")
+        if state is not None and state.claim is not None:
+            claim = state.claim
+            self.claimed[claim.job_id] = day
+            last = self.last_claim.get(day)
+            if last is not None and last[0] != claim.job_id and claim.generation <= last[1]:
+                self._fail(f"{day}: claim of generation {claim.generation} after {last[1]}")
+            self.last_claim[day] = (claim.job_id, claim.generation)
+
+    # -- the end: every actor runs out, then a user's plain request per date --------------
+
+    def teardown(self) -> None:
+        try:
+            if not self.failed:
+                self._finish()
+        finally:
+            # Whatever still runs crashes: it finishes at its next request.
+            for actor in self.actors:
+                actor.gate.crashed = True
+                if actor.gate.waiter is not None:
+                    actor.gate.waiter.set_result("crash")
+            self.loop.run_until_complete(asyncio.sleep(0))
+            self.loop.close()
+            self.logs.__exit__(None, None, None)
+
+    def _run_out(self) -> None:
+        """Every actor's requests go through, answered, until it is done."""
+        for _ in range(MAX_DRAIN_STEPS):
+            waiting = self._waiting()
+            if not waiting:
+                return
+            self._let(waiting[0], "ok")
+            self.lifecycle_holds()
+        self._fail("actors still running after the run-out")
+
+    def _redeliver(self) -> None:
+        """The broker delivers every job that is not final again, one at a time."""
+        for _ in range(4):
+            jobs = self._jobs()
+            open_jobs = [
+                (job_id, day)
+                for job_id, day in self.broker.messages.items()
+                if job_id in jobs and jobs[job_id].status not in FINAL_STATUSES
+            ]
+            if not open_jobs:
+                return
+            for job_id, day in open_jobs:
+                self._spawn(
+                    "last-redelivery",
+                    self._delivery(job_id, day, redelivered=True, last=False, cities=1),
+                )
+                self._run_out()
+
+    def _finish(self) -> None:
+        self._run_out()
+        self._redeliver()
+        for day in sorted(self.requested):
+            self._spawn("user-request", self._request(day, force=False))
+            self._run_out()
+        self._redeliver()
+        self.lifecycle_holds()
+        jobs = self._jobs()
+        for day in sorted(self.requested):
+            state = self._date_state(day)
+            if state is None or state.committed is None:
+                self._fail(f"{day}: not committed after the run-out and a plain request")
+                return
+            succeeded = [
+                job for job in jobs.values() if job.date == day and job.status == "succeeded"
+            ]
+            newest = max(succeeded, key=lambda job: job.generation)
+            if state.committed.job_id != newest.job_id:
+                self._fail(
+                    f"{day}: committed job {state.committed.job_id} (generation "
+                    f"{state.committed.generation}) is not the newest succeeded job "
+                    f"{newest.job_id} (generation {newest.generation})"
+                )
+        for job_id in sorted(set(self.claimed) | set(self.broker.messages)):
+            job = jobs.get(job_id)
+            if job is not None and job.status not in FINAL_STATUSES:
+                self._fail(f"job {job_id} was left {job.status} with nothing to run it")
+
+
+LifecycleMachine.TestCase.settings = settings(
+    max_examples=200,
+    stateful_step_count=60,
+    deadline=None,
+    derandomize=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestLifecycle = LifecycleMachine.TestCase
