@@ -29,7 +29,8 @@ What the callers must know after a switch:
   broker has given them back to the queue and redelivers them; a settle that fails for
   that reason is not an error of the job;
 - a publish whose confirm was lost may or may not be queued: :func:`publish_confirmed`
-  publishes it again on the new connection (duplicates are expected and harmless).
+  publishes it again on the new connection (duplicates are expected and harmless); so
+  is one the broker nacked (a quorum queue between two leaders).
 
 Each connection is named ``<app> <hostname> pid <pid> <namespace>`` in the broker's
 connection list: which process holds it, and (last) which deployment or test run.
@@ -53,6 +54,8 @@ log = get_logger(__name__)
 
 RETRY_PAUSE_SECONDS: Final = 0.1
 """Pause between two publish attempts, so a channel that is still closing is not spun on."""
+NACK_PAUSE_SECONDS: Final = 0.5
+"""Pause after a negative confirm: a quorum queue electing a leader takes a few seconds."""
 
 # The robust connection's private "open a transport to ``self.url``" step (name-mangled).
 _CONNECT_TRANSPORT: Final = "_RobustConnection__connect_transport"
@@ -140,8 +143,8 @@ async def connect(
     return connection
 
 
-class ConfirmLostError(Exception):
-    """The broker never confirmed the message in time: it may or may not be queued."""
+class NotConfirmedError(Exception):
+    """The broker did not confirm the message in time: it may or may not be queued."""
 
 
 async def publish_confirmed(
@@ -157,8 +160,10 @@ async def publish_confirmed(
     A publish that fails because the connection or channel went (its confirm is lost) is
     published again once the robust channel is back, on whichever node that is; a copy
     may then be queued twice, which consumers must tolerate. A negative confirm
-    (:class:`~aio_pika.exceptions.DeliveryError`) is raised at once. Returns how many
-    attempts it took; raises :class:`ConfirmLostError` when the time is up.
+    (``Basic.Nack``) is published again too, after a longer pause: a quorum queue nacks
+    what it cannot commit to a majority, as while it elects a new leader after losing a
+    node (seen by ``make cluster-test``), and a nacked message is not queued. Returns how
+    many attempts it took; raises :class:`NotConfirmedError` when the time is up.
     """
     attempts = 0
     last: BaseException | None = None
@@ -170,16 +175,16 @@ async def publish_confirmed(
                 try:
                     await channel.ready()
                     await exchange.publish(message, routing_key=routing_key, mandatory=True)
-                except DeliveryError:
-                    raise
+                except DeliveryError as error:
+                    last, pause = error, NACK_PAUSE_SECONDS
                 except asyncio.CancelledError as error:
                     # aiormq cancels the confirm's future when its channel closes: that is
                     # a lost confirm, unless this task itself is being cancelled.
                     if task is None or task.cancelling():
                         raise
-                    last = error
+                    last, pause = error, RETRY_PAUSE_SECONDS
                 except CONNECTION_EXCEPTIONS as error:
-                    last = error
+                    last, pause = error, RETRY_PAUSE_SECONDS
                 else:
                     return attempts
                 log.info(
@@ -188,8 +193,8 @@ async def publish_confirmed(
                     attempt=attempts,
                     error=repr(last),
                 )
-                await asyncio.sleep(RETRY_PAUSE_SECONDS)
+                await asyncio.sleep(pause)
     except TimeoutError:
-        raise ConfirmLostError(
+        raise NotConfirmedError(
             f"no confirm after {attempts} attempt(s) in {within_seconds:g} s: {last!r}"
         ) from None

@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
 import orjson
+from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from common.layout import Layout
@@ -41,6 +42,8 @@ from common.storage import ObjectStore, StoredObject, WriteConflictError
 log = get_logger(__name__)
 NEWER_VERSION: Final = "written by a newer version of bus-stats"
 _LOST_ANSWER_TRIES: Final = 4  # re-sends of one conditional write whose answer was lost
+_CLIENT_ERROR: Final = 400
+_SERVER_ERROR: Final = 500
 JOB_STATE_VERSION: Final = 1
 
 
@@ -78,6 +81,8 @@ async def put_conditionally(store: ObjectStore, key: str, body: bytes, etag: str
                 return stored.etag
             raise conflict from None
         except Exception as error:
+            if _refused(error):
+                raise  # a 4xx (403, 400...): not applied, and no retry will change that
             last_error = error
             try:
                 stored = await store.get(key)
@@ -90,6 +95,14 @@ async def put_conditionally(store: ObjectStore, key: str, body: bytes, etag: str
                 raise WriteConflictError(key) from error
     assert last_error is not None  # noqa: S101 - the loop ran at least once and failed
     raise last_error
+
+
+def _refused(error: Exception) -> bool:
+    """An S3 answer that says the request was refused, not lost: a 4xx status."""
+    if not isinstance(error, ClientError):
+        return False
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return isinstance(status, int) and _CLIENT_ERROR <= status < _SERVER_ERROR
 
 
 def _version_of(raw: object) -> int | None:

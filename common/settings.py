@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     s3_endpoint_url: HttpUrl | None = None
     s3_bucket: str = Field("bus-stats", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
     s3_prefix: str = Field("", pattern=r"^([A-Za-z0-9._-]+/)*$")
+    s3_create_bucket: bool = Field(
+        True,
+        description="create the bucket at start-up if it is missing; false: a missing "
+        "bucket stops the process",
+    )
     aws_default_region: str = Field("us-east-1", validation_alias="AWS_DEFAULT_REGION")
 
     # API

@@ -95,6 +95,7 @@ class ConnectState:
 
     what: str
     url: str
+    bucket: str | None = None  # S3's: logged in a field of its own
     attempts: int = 0
     last_error: str | None = None
     connected: bool = False
@@ -112,12 +113,21 @@ class ConnectState:
         """The log event ``<what>.<verb>`` (``broker.connect_failed``)."""
         return f"{self.what}.{verb}"
 
+    def fields(self) -> dict[str, str]:
+        """Where, as log fields: ``url``, and ``bucket`` for S3."""
+        return {"url": self.url} | ({} if self.bucket is None else {"bucket": self.bucket})
+
+    @property
+    def target(self) -> str:
+        """Where, in words: the URL, and the bucket for S3."""
+        return self.url if self.bucket is None else f"{self.url} (bucket {self.bucket})"
+
     def summary(self) -> str:
         if self.connected:
             return "connected"
         if self.last_error is None:
-            return f"connecting to {self.url}"
-        return f"{self.url} unreachable (attempt {self.attempts}: {self.last_error})"
+            return f"connecting to {self.target}"
+        return f"{self.target} unreachable (attempt {self.attempts}: {self.last_error})"
 
 
 async def retry_until_up(
@@ -126,12 +136,16 @@ async def retry_until_up(
     *,
     retry_on: tuple[type[BaseException], ...],
     backoff: Backoff | None = None,
+    fatal: Callable[[BaseException], str | None] | None = None,
 ) -> T:
     """Run ``attempt`` until it succeeds, pausing with capped backoff between failures.
 
     Each failure in ``retry_on`` logs one ``<what>.connect_failed`` line (url, attempt,
     retry_in, error) and is retried; any other exception (e.g. :class:`FatalStartupError`)
-    ends the retries and propagates. Cancel the task to give up (SIGTERM during start-up).
+    ends the retries and propagates. ``fatal`` tells a wrong configuration from an outage:
+    when it names a cause for an error in ``retry_on`` (wrong password), that error is a
+    :class:`FatalStartupError` with that cause instead. Cancel the task to give up (SIGTERM
+    during start-up).
     """
     backoff = backoff or Backoff()
     while True:
@@ -141,10 +155,14 @@ async def retry_until_up(
         except retry_on as error:
             state.last_error = describe(error)
             state.attempted.set()
+            cause = None if fatal is None else fatal(error)
+            if cause is not None:
+                state.last_error = cause
+                raise FatalStartupError(cause) from None
             delay = backoff.delay(state.attempts)
             log.warning(
                 state.event("connect_failed"),
-                url=state.url,
+                **state.fields(),
                 attempt=state.attempts,
                 retry_in=delay,
                 error=state.last_error,
@@ -154,5 +172,5 @@ async def retry_until_up(
             state.connected = True
             state.last_error = None
             state.attempted.set()
-            log.info(state.event("connected"), url=state.url, attempts=state.attempts)
+            log.info(state.event("connected"), **state.fields(), attempts=state.attempts)
             return result

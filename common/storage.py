@@ -16,12 +16,14 @@ from datetime import timedelta
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self
+from urllib.parse import urlsplit
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from common.logs import get_logger
+from common.misconfig import s3_code, s3_refusal
 from common.settings import Settings
 from common.startup import Backoff, ConnectState, FatalStartupError, retry_until_up, where
 
@@ -147,20 +149,59 @@ def _error_code(error: ClientError) -> str:
 class S3Store:
     """:class:`ObjectStore` over one bucket of S3 (or of a Moto server)."""
 
-    def __init__(self, client: S3Client, bucket: str, budget: PartBudget, part_size: int) -> None:
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        budget: PartBudget,
+        part_size: int,
+        *,
+        create_bucket: bool = True,
+    ) -> None:
         self.client = client
         self.bucket = bucket
         self.budget = budget
         self.part_size = part_size
+        self.create_bucket = create_bucket
 
     async def ensure_bucket(self) -> None:
+        """The bucket exists (created if allowed), or a :class:`FatalStartupError` says why.
+
+        A listing, not a ``HEAD``: its answer has a body, so S3 says which error it is
+        (``InvalidAccessKeyId``, ``NoSuchBucket``, ...). Answers that no retry will change
+        are fatal (:mod:`common.misconfig`); anything else goes up to be retried.
+        """
+        endpoint = where(self.client.meta.endpoint_url)
         try:
-            await self.client.head_bucket(Bucket=self.bucket)
+            await self.client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
         except ClientError as error:
-            if _error_code(error) not in {"404", "NoSuchBucket", "NotFound"}:
+            refused = s3_refusal(error, endpoint, self.bucket, "ListObjectsV2")
+            if refused is not None:
+                raise FatalStartupError(refused) from None
+            if s3_code(error)[1] != "NoSuchBucket":
                 raise
-            with contextlib.suppress(self.client.exceptions.BucketAlreadyOwnedByYou):
-                await self.client.create_bucket(Bucket=self.bucket)
+        else:
+            return
+        if not self.create_bucket:
+            raise FatalStartupError(
+                f"bucket {self.bucket!r} does not exist at {endpoint} (NoSuchBucket) and "
+                "BUSSTATS_S3_CREATE_BUCKET is false: create it, or set "
+                "BUSSTATS_S3_CREATE_BUCKET=true"
+            )
+        try:
+            await self.client.create_bucket(Bucket=self.bucket)
+        except self.client.exceptions.BucketAlreadyOwnedByYou:
+            return
+        except self.client.exceptions.BucketAlreadyExists:
+            raise FatalStartupError(
+                f"bucket {self.bucket!r} belongs to another account (BucketAlreadyExists): "
+                "choose another BUSSTATS_S3_BUCKET"
+            ) from None
+        except ClientError as error:
+            refused = s3_refusal(error, endpoint, self.bucket, "CreateBucket")
+            if refused is not None:
+                raise FatalStartupError(refused) from None
+            raise
 
     async def ping(self) -> None:
         await self.client.head_bucket(Bucket=self.bucket)
@@ -427,18 +468,33 @@ async def connect_store(settings: Settings, *, max_connections: int = 32) -> Asy
         config=config,
     ) as client:
         yield S3Store(
-            client, settings.s3_bucket, PartBudget(settings.part_slots), settings.part_size_bytes
+            client,
+            settings.s3_bucket,
+            PartBudget(settings.part_slots),
+            settings.part_size_bytes,
+            create_bucket=settings.s3_create_bucket,
         )
 
 
 def s3_connect_state(settings: Settings) -> ConnectState:
     """What :func:`ensure_bucket_until_up` reports: the endpoint (or AWS) and the bucket."""
     endpoint = where(settings.s3_endpoint_url) if settings.s3_endpoint_url else "aws"
-    return ConnectState("s3", f"{endpoint} bucket={settings.s3_bucket}")
+    return ConnectState("s3", endpoint, bucket=settings.s3_bucket)
 
 
 class S3UnreachableError(Exception):
     """S3 did not answer an attempt to reach it in time."""
+
+
+async def _reachable(url: str) -> None:
+    """Open (and close) a TCP connection to the endpoint: ``ConnectionRefusedError`` if
+    nothing listens there."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    _, writer = await asyncio.open_connection(parts.hostname, port)
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
 
 
 async def ensure_bucket_until_up(
@@ -457,6 +513,8 @@ async def ensure_bucket_until_up(
     async def attempt() -> None:
         try:
             async with asyncio.timeout(attempt_seconds):
+                # A refused port is said at once: the SDK would retry it in silence.
+                await _reachable(store.client.meta.endpoint_url)
                 await store.ensure_bucket()
         except TimeoutError:
             raise S3UnreachableError(f"no answer within {attempt_seconds:g} s") from None

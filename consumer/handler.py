@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from common.codec import CONTENT_TYPES
-from common.failures import describe
+from common.failures import component_of, describe
 from common.jobs import NEWER_VERSION, NewerVersionError
 from common.layout import Layout
 from common.lifecycle import (
@@ -218,7 +220,8 @@ class _Run:
         except Exception as error:
             # S3 or a bug: retried like any transient failure, with the state saved.
             log.exception("job.crashed", run_id=self.run_id, error=repr(error))
-            failure = JobFailedError(describe(error, component="the consumer"), retryable=True)
+            component = component_of(error, default="the consumer")
+            failure = JobFailedError(describe(error, component=component), retryable=True)
             await asyncio.shield(self._failed(failure, last_delivery, next_attempt_at))
             raise failure from error
         finally:
@@ -296,6 +299,7 @@ class _Run:
                 on_retry=lambda _error: self._note_retry(),
             )
         except GaveUpError as gave_up:
+            log.warning("cities.failed", run_id=self.run_id, error=repr(gave_up.error))
             retryable = not isinstance(gave_up.error, PermanentFetchError)
             reason = describe(
                 gave_up.error, component="the reference server", doing="listing cities"
@@ -359,9 +363,12 @@ class _Run:
                 result = await ingest.ingest(city, self.day, key)
                 self.h.metrics.fetch_seconds.observe(time.monotonic() - clock)
             record = result.record()
-            await self.h.store.put(
-                layout.city_record(*names, city.id), record.model_dump_json().encode()
-            )
+            try:
+                await self.h.store.put(
+                    layout.city_record(*names, city.id), record.model_dump_json().encode()
+                )
+            except (ClientError, BotoCoreError) as error:
+                raise CityFailedError(city, error, 1) from error
             await self._city_done(result, record)
 
         try:
@@ -373,6 +380,9 @@ class _Run:
         except* CityFailedError as failures:
             first = failures.exceptions[0]
             assert isinstance(first, CityFailedError)  # noqa: S101 - narrowed by except*
+            log.warning(
+                "city.failed", run_id=self.run_id, city_id=first.city.id, error=repr(first.error)
+            )
             permanent = isinstance(first.error, PermanentFetchError)
             raise JobFailedError(str(first), retryable=not permanent) from None
 

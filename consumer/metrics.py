@@ -117,9 +117,11 @@ class MetricsServer:
         healthy: Callable[[], bool],
         host: str,
         port: int,
+        detail: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         self._registry = registry
         self._healthy = healthy
+        self._detail = detail  # each dependency's state, shown beside the status
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
@@ -172,7 +174,8 @@ class MetricsServer:
 
     async def _health(self, _request: web.Request) -> web.Response:
         healthy = self._healthy()
+        detail = {} if self._detail is None else self._detail()
         return web.json_response(
-            {"status": "ok" if healthy else "not connected to the broker"},
+            {"status": "ok" if healthy else "not connected to the broker", **detail},
             status=200 if healthy else 503,
         )

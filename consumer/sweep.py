@@ -64,10 +64,25 @@ class _Owners:
 
 
 class Sweeper:
-    def __init__(self, store: ObjectStore, layout: Layout) -> None:
+    def __init__(self, store: ObjectStore, layout: Layout, *, dry_run: bool = False) -> None:
         self._store = store
         self._layout = layout
         self.dates_ledger = DateLedger(store, layout)
+        self.dry_run = dry_run  # count and log what would go, delete nothing
+
+    async def _delete(self, keys: list[str]) -> None:
+        """Every deletion of a sweep goes through here (and the abort below)."""
+        if self.dry_run:
+            for key in keys:
+                log.info("sweep.would_delete", key=key)
+            return
+        await self._store.delete(keys)
+
+    async def _abort(self, key: str, upload_id: str) -> None:
+        if self.dry_run:
+            log.info("sweep.would_abort", key=key)
+            return
+        await self._store.abort_upload(key, upload_id)
 
     async def after_commit(self, manifest: Manifest) -> SweepCounts:
         """What runs of this generation or older left of the date (the commit's sweep)."""
@@ -116,18 +131,18 @@ class Sweeper:
                 stale.append(item.key)
             else:
                 counts.kept += 1
-        await store.delete(stale)
+        await self._delete(stale)
         counts.objects = len(stale)
 
         for upload in await store.pending_uploads(layout.date_data(day)):
             owner = layout.parse_data_key(upload.key)
             if owner is not None and owners.may_delete(owner):
-                await store.abort_upload(upload.key, upload.upload_id)
+                await self._abort(upload.key, upload.upload_id)
                 counts.uploads += 1
 
         # Sums sidecars of earlier versions: nothing reads them any more.
         partials = [item.key async for item in store.list_objects(layout.date_partials(day))]
-        await store.delete(partials)
+        await self._delete(partials)
         counts.partials = len(partials)
         log.info(
             "date.swept",
@@ -137,15 +152,21 @@ class Sweeper:
             partials=counts.partials,
             uploads=counts.uploads,
             kept=counts.kept,
+            dry_run=self.dry_run,
         )
         return counts
 
 
-async def sweep_dates(settings: Settings, start: date | None, end: date | None) -> dict[str, int]:
-    """The final sweep of every date in ``start..end`` (open ends: every date found)."""
+async def sweep_dates(
+    settings: Settings, start: date | None, end: date | None, *, dry_run: bool = False
+) -> dict[str, int]:
+    """The final sweep of every date in ``start..end`` (open ends: every date found).
+
+    ``dry_run``: count (and log) what would be deleted, delete nothing.
+    """
     totals = SweepCounts()
     async with open_store(settings) as store:
-        sweeper = Sweeper(store, Layout(settings.s3_prefix))
+        sweeper = Sweeper(store, Layout(settings.s3_prefix), dry_run=dry_run)
         if start is not None and end is not None:
             days = days_between(start, end)
         else:

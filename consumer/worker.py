@@ -42,6 +42,7 @@ from common import amqp
 from common.jobs import NEWER_VERSION
 from common.logs import get_logger
 from common.messages import JobMessage, NewerMessageError, UndecodableMessageError, decode_job
+from common.misconfig import broker_refusal
 from common.models import utc_now
 from common.settings import Settings
 from common.startup import ConnectState, retry_until_up, where
@@ -76,6 +77,9 @@ class Worker:
         self.settings = settings
         self.metrics = metrics or ConsumerMetrics()
         self.retries = RetrySchedule.from_settings(settings)
+        # How start-up goes, for /healthz: which dependency a retry waits for, and why.
+        self.s3_state = s3_connect_state(settings)
+        self.broker_state = ConnectState("broker", ", ".join(map(where, settings.amqp_urls)))
         self._running: dict[asyncio.Task[None], AbstractIncomingMessage] = {}
         self._handler: Handler | None = None
         self._connection: AbstractRobustConnection | None = None
@@ -94,6 +98,10 @@ class Worker:
             and not connection.is_closed
             and connection.connected.is_set()
         )
+
+    def health_detail(self) -> dict[str, str]:
+        """Each dependency's start-up state in words (``connected``, or why not yet)."""
+        return {"s3": self.s3_state.summary(), "broker": self.broker_state.summary()}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then shut down in two phases."""
@@ -119,7 +127,7 @@ class Worker:
                 connect_store(settings, max_connections=settings.city_concurrency + 8)
             )
             count_s3_errors(store.client.meta.events, self.metrics.s3_errors)
-            await ensure_bucket_until_up(store, s3_connect_state(settings))
+            await ensure_bucket_until_up(store, self.s3_state)
             await probe_conditional_writes(store, settings.s3_prefix)  # or FatalStartupError
             session = await stack.enter_async_context(
                 aiohttp.ClientSession(
@@ -132,10 +140,12 @@ class Worker:
             self._handler = Handler(
                 settings, store, ReferenceClient(session, settings), self.metrics
             )
+            broker = self.broker_state
             connection = await retry_until_up(
-                ConnectState("broker", ", ".join(map(where, settings.amqp_urls))),
+                broker,
                 lambda: stack.enter_async_context(self._connect()),
                 retry_on=(OSError, AMQPError, aio_pika.exceptions.AMQPException, TimeoutError),
+                fatal=lambda error: broker_refusal(error, broker.url),
             )
             self._connection = connection
             channel = await connection.channel()

@@ -17,6 +17,7 @@ from aiobotocore.session import get_session
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from hypercorn.utils import LifespanFailureError
+from prometheus_client import disable_created_metrics
 
 from common.logs import HYPERCORN_LOGGER, configure_logging, get_logger
 from common.settings import Settings, load_settings
@@ -121,6 +122,8 @@ def main() -> None:
     args = parse_args()
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
+    # No *_created series beside every counter (unannotated in prometheus_client).
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     host = args.host or settings.api_host
     port = settings.api_port if args.port is None else args.port
     run_entry_point(run(settings, host, port))

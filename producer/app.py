@@ -12,7 +12,7 @@ from common.logs import get_logger
 from common.settings import Settings
 from common.startup import FatalStartupError
 from common.storage import connect_store
-from producer import auth
+from producer import access_log, auth
 from producer.connections import EXTENSION_KEY as CONNECTIONS_KEY
 from producer.connections import Connections, NotConnectedError
 from producer.http import ApiError, error_response
@@ -125,6 +125,7 @@ def create_app(
                 await connections.stop()
                 del app.extensions[EXTENSION_KEY]
 
+    app.before_request(access_log.start)  # the clock of the request's access-log line
     app.before_request(auth.token_check(settings))  # first: before anything else is done
 
     @app.before_request
@@ -150,6 +151,7 @@ def create_app(
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         metrics.requests.labels(rule, request.method, str(response.status_code)).inc()
         add_answer_headers(response, allowed_origins)
+        access_log.answered(response.status_code)
         return response
 
     @app.errorhandler(ApiError)

@@ -65,20 +65,29 @@ class Connections:
             self._task.exception()  # logged when it happened
 
     async def _connect(self) -> None:
+        refused: BaseException | None = None
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._connect_s3())
                 group.create_task(self._publisher.connect())
+        except* FatalStartupError as refusals:  # wrong, not down: stop, saying why
+            refused = refusals.exceptions[0]
         except* Exception as errors:  # a bug, not an outage: say so, keep serving /healthz
             for error in errors.exceptions:
                 log.exception("api.connect_crashed", error=describe(error), exc_info=error)
             raise
+        if isinstance(refused, FatalStartupError):
+            log.error("api.refused", error=str(refused))
+            if self._on_fatal is not None:
+                self._on_fatal(refused)
+            return
         log.info(
             "api.started",
             namespace=self._settings.namespace,
             bucket=self._settings.s3_bucket,
             broker=self.broker.url,
             s3=self.s3.url,
+            s3_bucket=self.s3.bucket,
         )
 
     async def _connect_s3(self) -> None:

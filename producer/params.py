@@ -10,7 +10,7 @@ One wording per kind of error (the README lists them), always naming the paramet
 - a range:         ``query parameter 'from' (...) is after 'to' (...)`` and
   ``query parameters 'from'..'to' span N days; at most M are allowed``
 - unknown country: ``query parameter 'country' names no country with data from ... to
-  ...; known: A, B``
+  ...; known: 'A', 'B'``
 
 Dates (missing, malformed, impossible) and booleans keep their wording in
 :func:`producer.http.parse_day` and :func:`producer.http.parse_flag`.
@@ -97,7 +97,7 @@ def match_country(raw: str, known: Iterable[str], start: date, end: date) -> str
     for name in names:
         if name.casefold() == wanted:
             return name
-    listed = ", ".join(names)
+    listed = ", ".join(repr(name) for name in names)
     raise ApiError(
         400,
         f"query parameter 'country' names no country with data from {start.isoformat()} "

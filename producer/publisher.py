@@ -19,12 +19,13 @@ from typing import Final, Self
 
 import aio_pika
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
-from aiormq.exceptions import AMQPError, DeliveryError
+from aiormq.exceptions import AMQPError
 from prometheus_client import Histogram
 
 from common import amqp
 from common.logs import get_logger
 from common.messages import JobMessage
+from common.misconfig import broker_refusal
 from common.settings import Settings
 from common.startup import Backoff, ConnectState, retry_until_up, where
 from common.topology import ROUTING_KEY, Topology, declare_topology, job_message
@@ -83,7 +84,11 @@ class JobPublisher:
         Cancel the task to give up (shutdown during start-up).
         """
         await retry_until_up(
-            self.state, self._connect_once, retry_on=CONNECT_ERRORS, backoff=self._backoff
+            self.state,
+            self._connect_once,
+            retry_on=CONNECT_ERRORS,
+            backoff=self._backoff,
+            fatal=lambda error: broker_refusal(error, self.state.url),
         )
 
     async def _connect_once(self) -> None:
@@ -159,9 +164,7 @@ class JobPublisher:
                 routing_key=ROUTING_KEY,
                 within_seconds=max(0.0, budget - (time.monotonic() - clock)),
             )
-        except DeliveryError as error:
-            raise PublishError(f"broker refused the message: {error!r}") from error
-        except amqp.ConfirmLostError as error:
+        except amqp.NotConfirmedError as error:
             raise PublishError(f"broker did not confirm the message: {error}") from error
         if attempts > 1:
             log.info("job.publish_retried", job_id=job.job_id, attempts=attempts)

@@ -3,7 +3,8 @@
 DuckDB and pandas run in a child process (``python -m scripts.bench_baselines ENGINE
 DIR``) so that their memory and threads are their own; the child prints one JSON line:
 the seconds of each run, the per-(date, city) sums of the last run, and its peak RSS.
-``DIR`` holds the stored objects as ``date=YYYY-MM-DD/city=<id>.jsonl``.
+``DIR`` holds the stored objects as ``date=YYYY-MM-DD/city=<id>.jsonl`` (or ``.jsonl.zst``,
+``.jsonl.gz``: each engine picks the codec from the suffix).
 """
 
 import asyncio
@@ -18,6 +19,8 @@ from typing import Final
 import orjson
 from types_aiobotocore_s3 import S3Client
 from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+from common.codec import codec_of_key, decompress
 
 # One stored line, as the consumer writes it: the Moto baseline uploads copies of it.
 _SAMPLE_LINE: Final = orjson.dumps(
@@ -102,7 +105,7 @@ group by all
 def run_duckdb(root: Path) -> Sums:
     import duckdb  # noqa: PLC0415 - only the child needs it
 
-    query = _DUCKDB_QUERY.format(pattern=f"{root}/*/*.jsonl")
+    query = _DUCKDB_QUERY.format(pattern=f"{root}/*/*.jsonl*")  # DuckDB decompresses by suffix
     relation = duckdb.sql(query)
     if relation is None:
         raise RuntimeError("DuckDB returned no relation for a SELECT")
@@ -116,7 +119,10 @@ def run_pandas(root: Path) -> Sums:
 
     frames = []
     for folder in sorted(root.iterdir()):
-        body = b"".join(path.read_bytes() for path in sorted(folder.glob("*.jsonl")))
+        body = b"".join(
+            decompress(path.read_bytes(), codec_of_key(path.name))
+            for path in sorted(folder.glob("*.jsonl*"))
+        )
         frame = pd.read_json(io.BytesIO(body), lines=True)
         frame["date"] = folder.name.removeprefix("date=")
         frames.append(frame)

@@ -240,15 +240,16 @@ class Stack:
 
     # --- consumers --------------------------------------------------------------------------
 
-    async def start_consumers(self, count: int) -> None:
-        """Start ``count`` more consumers; return once the broker lists them all consuming."""
+    async def start_consumers(self, count: int, env: dict[str, str] | None = None) -> None:
+        """Start ``count`` more consumers (``env``: more variables for them); return once the
+        broker lists them all consuming."""
         for _ in range(count):
             port = free_port()
             child = self.children.start(
                 f"consumer-{len(self.children.children)}",
                 2,
                 [sys.executable, "-m", "consumer"],
-                {"BUSSTATS_METRICS_PORT": str(port)},
+                {"BUSSTATS_METRICS_PORT": str(port), **(env or {})},
             )
             self.consumers.append(child)
             wait_until(
@@ -407,14 +408,19 @@ def _started_port(log_path: Path, found: list[int]) -> bool:
 
 
 async def read_manifests(client: S3Client, bucket: str, days: Sequence[date]) -> list[Any]:
-    """The committed manifests of ``days`` (decoded JSON), in order."""
+    """The committed manifests of ``days`` (decoded JSON), in order.
+
+    The object is the date's state (its ``committed`` version inside), or a manifest of
+    version 1 (before the arbiter): either way the committed manifest is returned.
+    """
     manifests = []
     for day in days:
         response = await client.get_object(
             Bucket=bucket, Key=f"manifests/date={day.isoformat()}/manifest.json"
         )
         async with response["Body"] as body:
-            manifests.append(json.loads(await body.read()))
+            stored = json.loads(await body.read())
+        manifests.append(stored if "cities" in stored else stored["committed"])
     return manifests
 
 

@@ -7,8 +7,12 @@ the consumer reads them) straight into an aiobotocore multipart upload (5 MiB pa
 client settings. Nothing is decoded, normalised or summed: it is the floor of what an
 ingest of the same bodies through the same client libraries costs.
 
-It prints one JSON line: body bytes, objects, its own CPU seconds and wall seconds over
-the copy (process start-up and imports excluded).
+With ``--codec zstd|gzip`` (and ``--level``) each chunk is compressed on the way, one
+frame per object (:class:`common.codec.Compressor`, as the consumer does it): the honest
+floor of "fetch, compress, store". The body is still not decoded.
+
+It prints one JSON line: body bytes, stored bytes, objects, its own CPU seconds and wall
+seconds over the copy (process start-up and imports excluded).
 """
 
 import argparse
@@ -27,6 +31,8 @@ from aiobotocore.session import get_session
 from types_aiobotocore_s3 import S3Client
 from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 
+from common.codec import CODECS, Compressor
+
 CHUNK_BYTES = 256 * 1024  # what the consumer's fetcher reads at a time
 MIB = 1024 * 1024
 
@@ -42,8 +48,8 @@ async def copy_city(
     args: argparse.Namespace,
     slots: asyncio.Semaphore,
     city_id: int,
-) -> int:
-    """Stream one city's body into one object; its size."""
+) -> tuple[int, int]:
+    """Stream one city's body into one object; the body's size and the object's."""
     key = f"{args.prefix}city={city_id}.json"
     url = f"{args.reference}/cities/{city_id}/stats"
     upload = await client.create_multipart_upload(Bucket=args.bucket, Key=key)
@@ -52,10 +58,13 @@ async def copy_city(
     chunks: list[bytes] = []
     buffered = 0
     size = 0
+    stored = 0
     holding = False
+    compressor = Compressor(args.codec, args.level)
 
     async def send() -> None:
-        nonlocal chunks, buffered, holding
+        nonlocal chunks, buffered, holding, stored
+        stored += buffered
         body = io.BytesIO(b"".join(chunks))  # as the consumer's S3 writer sends a part
         chunks, buffered = [], 0
         number = len(parts) + 1
@@ -69,20 +78,24 @@ async def copy_city(
 
     async with session.get(url, params={"date": args.date}) as response:
         response.raise_for_status()
-        async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+        async for body_chunk in response.content.iter_chunked(CHUNK_BYTES):
             if not holding:
                 await slots.acquire()
                 holding = True
+            size += len(body_chunk)
+            chunk = compressor.compress(body_chunk)
             chunks.append(chunk)
             buffered += len(chunk)
-            size += len(chunk)
             if buffered >= args.part_size:
                 await send()
+    last = compressor.flush()
+    chunks.append(last)
+    buffered += len(last)
     await send()
     await client.complete_multipart_upload(
         Bucket=args.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
     )
-    return size
+    return size, stored
 
 
 async def pipe(args: argparse.Namespace) -> dict[str, Any]:
@@ -109,14 +122,15 @@ async def pipe(args: argparse.Namespace) -> dict[str, Any]:
         slots = asyncio.Semaphore(max(1, args.memory_budget // args.part_size))
         limit = asyncio.Semaphore(args.concurrency)
 
-        async def one(city_id: int) -> int:
+        async def one(city_id: int) -> tuple[int, int]:
             async with limit:
                 return await copy_city(session, client, args, slots, city_id)
 
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(one(int(city["id"]))) for city in cities]
         return {
-            "bytes": sum(task.result() for task in tasks),
+            "bytes": sum(task.result()[0] for task in tasks),
+            "stored_bytes": sum(task.result()[1] for task in tasks),
             "objects": len(tasks),
             "cpu_seconds": own_cpu_seconds() - cpu,
             "wall_seconds": time.perf_counter() - clock,
@@ -133,6 +147,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32, help="cities in flight")
     parser.add_argument("--part-size", type=int, default=5 * MIB)
     parser.add_argument("--memory-budget", type=int, default=32 * MIB)
+    parser.add_argument("--codec", choices=CODECS, default="none", help="compress on the way")
+    parser.add_argument("--level", type=int, default=None, help="the codec's level")
     return parser.parse_args(argv)
 
 

@@ -856,6 +856,36 @@ def addresses_table(
     return table
 
 
+SETTINGS_SHOWN = (
+    "BUSSTATS_AMQP_URL",
+    "BUSSTATS_NAMESPACE",
+    "BUSSTATS_S3_ENDPOINT_URL",
+    "BUSSTATS_S3_BUCKET",
+    "BUSSTATS_REFERENCE_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+)
+
+
+def settings_lines(env: Mapping[str, str]) -> list[str]:
+    """``export NAME=value`` for each setting that points a command at the demo's stack."""
+    return [f"export {name}={shlex.quote(env[name])}" for name in SETTINGS_SHOWN if name in env]
+
+
+def print_settings(env: Mapping[str, str]) -> None:
+    """The settings of the demo's stack, for a command run in another terminal."""
+    console.print("To point a command at this stack (in another terminal, from the checkout):")
+    for line in settings_lines(env):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        "uv run python -m consumer sweep --dry-run   # or replay-dead-letters, backfill-sums",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def run(
     args: argparse.Namespace,
     children: Children,
@@ -893,6 +923,8 @@ def run(
     console.print(stats_table(body, f"GET {query}  ({status})"))
     console.print()
     console.print(addresses_table(endpoints, namespace, children.log_dir, amqp_url, bool(private)))
+    console.print()
+    print_settings(children.env)
     if failed:
         console.print(f"\n{len(failed)} job(s) failed: " + ", ".join(str(j.date) for j in failed))
 
@@ -908,11 +940,15 @@ async def delete_namespace(amqp_url: str, namespace: str) -> None:
     """Remove the demo's queues and exchanges from the shared broker."""
     import aio_pika  # noqa: PLC0415 - only needed at teardown
 
+    from common.settings import Settings  # noqa: PLC0415 - idem
     from common.topology import delete_topology  # noqa: PLC0415 - idem
+    from consumer.delays import parse_delays  # noqa: PLC0415 - idem
 
+    # The consumers ran with the default waits: one delay queue each.
+    delays = parse_delays(str(Settings.model_fields["retry_delays_seconds"].default))
     connection = await aio_pika.connect(amqp_url, timeout=5)
     async with connection:
-        await delete_topology(await connection.channel(), namespace)
+        await delete_topology(await connection.channel(), namespace, delays)
 
 
 def raise_interrupt(signum: int, frame: FrameType | None) -> None:

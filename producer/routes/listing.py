@@ -20,7 +20,8 @@ from common.layout import Layout
 from common.models import JobState, JobStatus, Manifest
 from common.storage import ObjectStore
 from producer.http import ApiError, ErrorBody, json_response, parse_day
-from producer.limits import PAGE_TOO_LARGE, RANGE_TOO_LONG, RefusedError
+from producer.limits import PAGE_TOO_LARGE, RefusedError
+from producer.params import check_names, parse_range
 from producer.routes.jobs import JobView
 from producer.services import get_services
 
@@ -81,7 +82,10 @@ class DatesQuery(BaseModel):
 
 class CommittedView(BaseModel):
     job_id: str = Field(description="the job whose data is committed")
-    committed_at: datetime = Field(description="when that job fetched the date")
+    committed_at: datetime = Field(
+        description="when that job's data was committed (for dates committed before this "
+        "was recorded: when the job started fetching)"
+    )
     records: int
     bytes: int = Field(description="the date's JSON lines, uncompressed")
     stored_bytes: int = Field(description="what the date's city objects take in the bucket")
@@ -96,6 +100,12 @@ class DateJobView(BaseModel):
     cities_total: int | None
     cities_done: int
     error: str | None = Field(description="why the job failed (when it did)")
+    partial: bool = Field(
+        False, description="requested while its date was still running: its data is incomplete"
+    )
+    next_attempt_at: datetime | None = Field(
+        None, description="when a job waiting after a failed attempt is tried again"
+    )
     updated_at: datetime
 
 
@@ -162,6 +172,7 @@ def _parse_cursor(raw: str | None) -> str | None:
 @document_response(ErrorBody, 400)
 async def list_jobs() -> Response:
     """Recent jobs, newest first, optionally of one status or date; paginated."""
+    check_names(("status", "date", "limit", "cursor"))
     status = _parse_status(request.args.get("status"))
     raw_day = request.args.get("date")
     day = None if raw_day is None or raw_day == "" else parse_day(raw_day, "date")
@@ -196,21 +207,9 @@ async def list_jobs() -> Response:
 
 
 def _parse_dates_range(max_days: int) -> tuple[date, date] | None:
-    raw_from, raw_to = request.args.get("from"), request.args.get("to")
-    if not raw_from and not raw_to:
+    if not request.args.get("from") and not request.args.get("to"):
         return None
-    start, end = parse_day(raw_from, "from"), parse_day(raw_to, "to")
-    if end < start:
-        raise ApiError(
-            400, f"query parameter 'from' ({start.isoformat()}) is after 'to' ({end.isoformat()})"
-        )
-    if (end - start).days + 1 > max_days:
-        raise RefusedError(
-            400,
-            f"query parameters 'from'..'to' span more than {max_days} days, the most allowed",
-            reason=RANGE_TOO_LONG,
-        )
-    return start, end
+    return parse_range(max_days)
 
 
 def _day_folder_root(key_of: Callable[[date], str]) -> str:
@@ -264,7 +263,7 @@ def _date_view(day: date, manifest: Manifest | None, job: JobState | None) -> Da
         stored = sum(city.size_stored for city in manifest.cities)
         committed = CommittedView(
             job_id=manifest.job_id,
-            committed_at=manifest.fetched_at,
+            committed_at=manifest.committed_at or manifest.fetched_at,
             records=manifest.records,
             bytes=lines,
             stored_bytes=stored,
@@ -293,6 +292,7 @@ def _date_view(day: date, manifest: Manifest | None, job: JobState | None) -> Da
 @document_response(ErrorBody, 400)
 async def list_dates() -> Response:
     """Each date of a range: committed (which job, when, how much), at work, failed, missing."""
+    check_names(("from", "to"))
     services = get_services()
     store, layout = services.store, services.layout
     chosen = _parse_dates_range(services.settings.max_range_days)

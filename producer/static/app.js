@@ -35,7 +35,7 @@
   const state = {
     from: null, to: null, country: "", userRange: false,
     rows: [], missing: [], dates: [], charts: [], failed: false,
-    polling: null, jobsCursor: null, loadSeq: 0,
+    polling: null, jobsCursor: null, loadSeq: 0, readRefused: false,
     jobList: [], // job ids of Recent jobs, in the order listed
     requested: [], // job ids requested from this page (the progress table)
     notes: new Map(), // job id -> a note of this page ("existing job", "progress unavailable")
@@ -182,7 +182,10 @@
       ...init,
       headers: { Accept: "application/json", ...authHeaders(), ...(init.headers || {}) },
     });
-    if (response.status === 401) openTokenBox();
+    if (response.status === 401) {
+      if (!init.method || init.method === "GET") state.readRefused = true;
+      openTokenBox();
+    }
     if (raw && response.ok) return { status: response.status, response };
     let body = null;
     try { body = await response.json(); } catch (_) { body = null; }
@@ -695,13 +698,13 @@
     const to = params.get("to") || "";
     state.country = params.get("country") || "";
     renderCountries();
-    $("range-note").textContent = "";
     if (!from && !to) {
       state.userRange = false;
       await loadDefaultRange();
       await loadStats();
       return;
     }
+    $("range-note").textContent = "";
     $("range-from").value = from;
     $("range-to").value = to;
     const problem = rangeProblem(from, to);
@@ -888,11 +891,15 @@
     }
   }
 
+  /** Keep the token for this tab; when reads were refused for want of it, read again. */
   function onTokenChange() {
     const secret = token();
     if (secret) sessionStorage.setItem(TOKEN_KEY, secret);
     else sessionStorage.removeItem(TOKEN_KEY);
-    loadEverything();
+    if (state.readRefused) {
+      state.readRefused = false;
+      loadEverything();
+    }
   }
 
   async function start() {
@@ -904,6 +911,10 @@
     $("jobs-refresh").addEventListener("click", () => refreshJobs());
     $("jobs-more").addEventListener("click", () => refreshJobs(true));
     $("token").addEventListener("change", onTokenChange);
+    $("token-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      onTokenChange();
+    });
     $("csv-link").addEventListener("click", downloadCsv);
     window.addEventListener("popstate", () => {
       applyUrl().catch(showStatsError);

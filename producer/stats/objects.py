@@ -178,23 +178,38 @@ async def object_totals(
             stream: ByteStream = stored if inflating is None else inflating
             blocks: list[asyncio.Task[Block]] = []
             size = 0
-            async with asyncio.TaskGroup() as group:
-                while True:
-                    if not held:
-                        await slots.acquire()
-                        held = True
-                    data = await read_block(stream, budget.block_bytes)
-                    if not data:
-                        break
-                    size += len(data)
-                    held = False  # the parse gives the slot back
-                    blocks.append(group.create_task(_parse(data, budget)))
-                    del data
+            try:
+                async with asyncio.TaskGroup() as group:
+                    while True:
+                        if not held:
+                            await slots.acquire()
+                            held = True
+                        data = await read_block(stream, budget.block_bytes)
+                        if not data:
+                            break
+                        size += len(data)
+                        held = False  # the parse gives the slot back
+                        blocks.append(group.create_task(_parse(data, budget)))
+                        del data
+            except ExceptionGroup as failures:
+                # A bad block or a truncated frame: the object's own error, not a group.
+                bad = _first_bad(failures)
+                if bad is None:
+                    raise
+                raise bad from None
         totals = await budget.workers.run(stitch, [task.result() for task in blocks])
         return ObjectRead(totals, size if inflating is None else inflating.bytes_read)
     finally:
         if held:
             slots.release()
+
+
+def _first_bad(group: BaseExceptionGroup[BaseException]) -> BadObjectError | None:
+    for error in group.exceptions:
+        found = _first_bad(error) if isinstance(error, BaseExceptionGroup) else error
+        if isinstance(found, BadObjectError):
+            return found
+    return None
 
 
 async def _parse(data: bytes, budget: BlockBudget) -> Block:

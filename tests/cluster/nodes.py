@@ -94,9 +94,25 @@ def _stop_port_mapper(port: int) -> None:
             capture_output=True,
             timeout=10,
         )
-        if done.returncode != 0 or b"Killed" in done.stdout:
+        said = done.stdout + done.stderr
+        if b"Killed" in said or b"Cannot connect" in said:
             return  # ended now, or no epmd answers on the port any more
-        time.sleep(0.2)  # still lists a killed node: it notices within moments
+        time.sleep(0.2)  # "living nodes": it still lists a node just killed
+
+
+def processes_of(folder: Path) -> list[int]:
+    """Pids of the live processes started for ``folder`` (its path in their environment)."""
+    found = []
+    marker = str(folder).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if marker in (entry / "environ").read_bytes() and _alive(int(entry.name)):
+                status = (entry / "status").read_text()
+                if "State:\tZ" not in status:  # a zombie holds no port
+                    found.append(int(entry.name))
+    return found
 
 
 @dataclass

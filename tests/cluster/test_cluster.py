@@ -21,9 +21,10 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import aio_pika
 import aiohttp
 import pytest
 from aio_pika.abc import AbstractRobustConnection
@@ -34,7 +35,7 @@ from common.storage import open_store
 from common.topology import Names
 from refsim import SimulatorConfig
 from refsim.server import serve
-from tests.cluster.nodes import Cluster, Node, cluster
+from tests.cluster.nodes import Cluster, Node, cluster, processes_of
 from tests.conftest import make_settings
 from tests.integration import invariants
 from tests.integration.services import Api, Service, running, start_api, start_consumer
@@ -44,10 +45,11 @@ pytestmark = pytest.mark.cluster
 CONFIG = SimulatorConfig(
     seed=29, cities=8, countries=3, records_min=300, records_max=1500, latency_max=0.6
 )
-FIRST_DAYS = [date(2024, 5, 1) + timedelta(days=n) for n in range(6)]
-BURST_DAYS = [date(2024, 6, 1) + timedelta(days=n) for n in range(16)]
+DAYS = [date(2024, 5, 1) + timedelta(days=n) for n in range(22)]  # one range: the stats check
+FIRST_DAYS, BURST_DAYS = DAYS[:6], DAYS[6:]
 BURST_CONCURRENCY = 4
 KILL_AFTER_ANSWERS = 3  # the API's node dies once this many burst POSTs were answered
+PROBE_AFTER_KILL = 20  # the probe publisher goes on this many messages after the kill
 DEADLINE = 150.0  # seconds for the jobs of a phase to end
 POLL_SECONDS = 0.2  # job states and the broker's queues cannot notify: they are polled
 
@@ -58,6 +60,8 @@ class Figures:
 
     started: float = field(default_factory=time.monotonic)
     lines: list[str] = field(default_factory=list)
+    kills: list[datetime] = field(default_factory=list)
+    """When each node was killed (wall clock, to compare with the services' log times)."""
 
     def note(self, text: str) -> None:
         line = f"[{time.monotonic() - self.started:6.1f}s] {text}"
@@ -118,10 +122,15 @@ class System:
                     await asyncio.sleep(POLL_SECONDS)
         return time.monotonic() - clock
 
-    async def kill_and_restart(self, node: Node, why: str) -> None:
+    async def kill_and_restart(
+        self, node: Node, why: str, killed: asyncio.Event | None = None
+    ) -> None:
         """SIGKILL ``node``, wait for a new queue leader, restart the node, await its rejoin."""
         clock = time.monotonic()
         await self.nodes.kill(node)
+        self.figures.kills.append(datetime.now(UTC))
+        if killed is not None:
+            killed.set()
         self.figures.note(f"SIGKILLed {node.name} ({why})")
         async with asyncio.timeout(DEADLINE):
             while True:
@@ -131,7 +140,8 @@ class System:
                         break
                 await asyncio.sleep(POLL_SECONDS)
         self.figures.note(
-            f"queue leader is {leader.name}, {time.monotonic() - clock:.1f}s after the kill"
+            f"rabbitmqctl shows {leader.name} leading the queue, "
+            f"{time.monotonic() - clock:.1f}s after the kill"
         )
         restart = time.monotonic()
         await self.nodes.restart(node)
@@ -161,9 +171,12 @@ async def system(moto_url: str, namespace: str, figures: Figures) -> AsyncIterat
             stale_job_seconds=30.0,
         )
         api = await start_api(settings)
-        consumers = [await start_consumer(settings, f"consumer-{n}") for n in range(2)]
-        async with running(api.service, *consumers), aiohttp.ClientSession() as http:
-            yield System(nodes, settings, api, consumers, http, figures)
+        services = list(
+            await asyncio.gather(*(start_consumer(settings, f"consumer-{n}") for n in range(2)))
+        )
+        figures.note("the API and two consumers are up, given the three URLs")
+        async with running(api.service, *services), aiohttp.ClientSession() as http:
+            yield System(nodes, settings, api, services, http, figures)
 
 
 async def quiet(world: invariants.World, nodes: Cluster) -> None:
@@ -180,6 +193,15 @@ async def quiet(world: invariants.World, nodes: Cluster) -> None:
             await asyncio.sleep(POLL_SECONDS)
 
 
+def switch_delay(kills: list[datetime], stamp: object) -> str:
+    """How long after the last kill before it a logged switch happened (for the figures)."""
+    if not isinstance(stamp, str):
+        return ""
+    at = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    before = [kill for kill in kills if kill <= at]
+    return f"({(at - before[-1]).total_seconds():.1f}s after the kill)" if before else ""
+
+
 def events(service: Service, name: str) -> list[dict[str, Any]]:
     return [line for line in service.lines if line.get("event") == name]
 
@@ -192,6 +214,7 @@ async def phase_leader_killed(run: System) -> None:
     assert [status for status, _ in answers] == [202] * len(FIRST_DAYS)
     job_ids = [body["job_id"] for _, body in answers]
     await run.wait_until_running(job_ids)
+    run.figures.note(f"{len(job_ids)} POSTs answered 202; a job is running")
     leader = await run.nodes.leader(run.queue)
     clock = time.monotonic()
     await run.kill_and_restart(leader, "the job queue's leader, mid-job")
@@ -199,6 +222,57 @@ async def phase_leader_killed(run: System) -> None:
     run.figures.note(
         f"phase 1: {len(job_ids)} jobs final {time.monotonic() - clock:.1f}s after the kill"
     )
+
+
+async def probe_publishes(
+    run: System, victim: Node, publishing: asyncio.Event, killed: asyncio.Event
+) -> tuple[int, int, int]:
+    """Publish without pause through a connection to ``victim`` until a while after its kill.
+
+    POSTs spend most of their time in S3, so a kill rarely catches the API's publish in
+    flight; this publisher always has one in flight, so its confirm is lost with the node
+    and :func:`common.amqp.publish_confirmed` must publish it again on another node.
+    Returns (messages confirmed, published again, confirmed but missing from the queue).
+    """
+    urls = [victim.url, *(node.url for node in run.nodes.nodes if node is not victim)]
+    connection = await amqp.connect(
+        urls,
+        app="bus-stats-cluster-probe",
+        namespace=run.settings.namespace,
+        connect_seconds=10,
+        reconnect_interval=0.5,
+    )
+    name = f"{run.settings.namespace}.probe"
+    arguments = {"x-queue-type": "quorum"}
+    sent = retried = after = 0
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.declare_queue(name, durable=True, arguments=arguments)
+        while after < PROBE_AFTER_KILL:
+            message = aio_pika.Message(
+                str(sent).encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+            )
+            clock = time.monotonic()
+            attempts = await amqp.publish_confirmed(
+                channel, channel.default_exchange, message, routing_key=name, within_seconds=60
+            )
+            if attempts > 1:
+                retried += 1
+                run.figures.note(
+                    f"a probe publish took {attempts} attempts and "
+                    f"{time.monotonic() - clock:.1f}s to be confirmed"
+                )
+            sent += 1
+            after += killed.is_set()
+            publishing.set()
+        await channel.ready()
+        queue = await channel.declare_queue(name, durable=True, arguments=arguments)
+        bodies: set[bytes] = set()
+        while (got := await queue.get(no_ack=True, fail=False)) is not None:
+            bodies.add(got.body)
+        await queue.delete(if_unused=False, if_empty=False)
+    missing = len({str(number).encode() for number in range(sent)} - bodies)
+    return sent, retried, missing
 
 
 async def phase_api_node_killed(run: System) -> None:
@@ -217,12 +291,16 @@ async def phase_api_node_killed(run: System) -> None:
         if len(results) >= KILL_AFTER_ANSWERS:
             answered.set()
 
+    killed, publishing = asyncio.Event(), asyncio.Event()
+
     async def kill() -> None:
         await answered.wait()
-        await run.kill_and_restart(victim, "the API's node, during a burst of POSTs")
+        await publishing.wait()
+        await run.kill_and_restart(victim, "the API's node, during a burst of POSTs", killed)
 
     clock = time.monotonic()
     killer = asyncio.create_task(kill())
+    probe = asyncio.create_task(probe_publishes(run, victim, publishing, killed))
     await asyncio.gather(*(post(day) for day in BURST_DAYS))
     burst_seconds = time.monotonic() - clock
     refused = sorted(day for day, status in results.items() if status != 202)
@@ -232,6 +310,13 @@ async def phase_api_node_killed(run: System) -> None:
     )
     assert all(results[day] in {202, 503} for day in refused), results
     await killer
+    sent, retried, missing = await probe
+    run.figures.note(
+        f"probe publisher on {victim.name}: {sent} confirmed publishes, {retried} published "
+        f"again after a lost confirm, {missing} missing from the queue"
+    )
+    assert retried >= 1, "no confirm was lost in flight: the kill came too early or late"
+    assert missing == 0
     for day in refused:  # refused (503): nothing queued; asked again, now accepted
         status, _ = await run.post(day)
         assert status in {200, 202}, (day, status)
@@ -247,7 +332,7 @@ async def check(run: System, connection: AbstractRobustConnection) -> list[str]:
             settings=run.settings,
             store=store,
             api_url=run.api.url,
-            days=[*FIRST_DAYS, *BURST_DAYS],
+            days=DAYS,
             oracle=invariants.Oracle(CONFIG),
             visible_jobs=set(run.accepted),
         )
@@ -297,13 +382,25 @@ async def test_the_cluster_loses_a_node_twice_and_nothing_is_lost_or_doubled(
             problems = await check(run, connection)
         switches = {
             service.name: [
-                f"{line.get('from')} -> {line.get('to')}"
+                f"{line.get('from')} -> {line.get('to')} "
+                f"{switch_delay(figures.kills, line.get('timestamp'))}"
                 for line in events(service, "broker.switched")
             ]
             for service in run.services
         }
         retried = len(events(run.api.service, "job.publish_retried"))
+        consumer_events = {
+            name: sum(len(events(consumer, name)) for consumer in run.consumers)
+            for name in (
+                "broker.connection_lost",
+                "broker.channel_lost",
+                "message.settle_failed",
+                "message.duplicate",
+            )
+        }
+    assert not processes_of(run.nodes.folder), "a node or epmd outlived the cluster"
     figures.note(f"broker.switched lines: {switches}")
+    figures.note(f"consumer events: {consumer_events}")
     figures.note(
         f"jobs accepted (202): {len(run.accepted)}; POST answers: "
         f"{ {status: run.answers.count(status) for status in sorted(set(run.answers))} }; "

@@ -10,7 +10,7 @@ version of a date must equal the oracle (:func:`refsim.expected_stats`).
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import aiohttp
@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from common.jobs import JobStore, ManifestStore
 from common.layout import Layout
+from common.lifecycle import Lifecycle
 from common.messages import UndecodableMessageError, decode_job
 from common.models import JobState, Manifest
 from common.settings import Settings
@@ -31,6 +32,7 @@ from tests.integration.test_ingest_e2e import stored_stats
 
 FINAL = frozenset({"succeeded", "failed"})
 _POLL_SECONDS = 0.25  # S3 and the broker's counters cannot notify: they are polled
+_WATCH_SECONDS = 0.5  # how often every job state is sampled while the system runs
 
 
 def _clean(etag: str) -> str:
@@ -82,6 +84,10 @@ class World:
     def manifests(self) -> ManifestStore:
         return ManifestStore(self.store, self.layout)
 
+    @property
+    def lifecycle(self) -> Lifecycle:
+        return Lifecycle(self.store, self.layout, stale_after=timedelta(seconds=60))
+
 
 async def all_jobs(world: World) -> dict[str, JobState]:
     """Every job state in the bucket."""
@@ -98,7 +104,7 @@ async def referenced_jobs(world: World, jobs: dict[str, JobState]) -> set[str]:
     """Jobs someone can reach: returned by the API, pointed to, committed, or superseding."""
     reached = set(world.visible_jobs)
     for day in world.days:
-        latest, _ = await world.jobs.latest(day)
+        latest = await world.lifecycle.latest(day)
         if latest is not None:
             reached.add(latest.job_id)
         manifest, _ = await world.manifests.get(day)
@@ -166,7 +172,7 @@ async def check_dates(world: World, jobs: dict[str, JobState]) -> list[str]:
     """Per date: the newest claim wins, and what is committed belongs to a succeeded job."""
     problems: list[str] = []
     for day in world.days:
-        latest, _ = await world.jobs.latest(day)
+        latest = await world.lifecycle.latest(day)
         manifest, _ = await world.manifests.get(day)
         of_day = [job for job in jobs.values() if job.date == day]
         succeeded = [job for job in of_day if job.status == "succeeded"]
@@ -367,3 +373,105 @@ def manifest_summary(manifest: Manifest | None) -> str:
     if manifest is None:
         return "none"
     return f"job {manifest.job_id} gen {manifest.generation} run {manifest.run_id}"
+
+
+# -- while the system runs: every transition of every job ---------------------------------
+
+
+@dataclass
+class History:
+    """Every state each job was seen in while the system ran (polled, so a sample)."""
+
+    seen: dict[str, list[tuple[str, str | None, str | None]]] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+    polls: int = 0
+
+    def record(self, job: JobState) -> None:
+        now = (job.status, job.error, job.superseded_by)
+        states = self.seen.setdefault(job.job_id, [])
+        if states and states[-1] == now:
+            return
+        if states and states[-1][0] in FINAL:
+            self.violations.append(
+                f"job {job.job_id} ({job.date}) changed after it ended: {states[-1]} -> {now}"
+            )
+        states.append(now)
+
+    def transitions(self) -> int:
+        return sum(len(states) - 1 for states in self.seen.values())
+
+
+async def watch_jobs(world: World, history: History) -> None:
+    """Record every job's state every moment until cancelled (S3 outages are sat out)."""
+    while True:
+        try:
+            jobs = await all_jobs(world)
+        except Exception:  # noqa: BLE001 - S3 restarting, a state half-written: next poll
+            jobs = {}
+        for job in jobs.values():
+            history.record(job)
+        history.polls += 1
+        await asyncio.sleep(_WATCH_SECONDS)
+
+
+def check_history(history: History, jobs: dict[str, JobState]) -> list[str]:
+    """A ``succeeded`` or ``failed`` job never changed, while running or at rest."""
+    for job in jobs.values():
+        history.record(job)
+    return list(history.violations)
+
+
+# -- at rest: liveness and which job owns each date ---------------------------------------
+
+
+def check_at_rest(jobs: dict[str, JobState]) -> list[str]:
+    """No job is queued or running once the queue is empty: none waits for a lost message."""
+    return [
+        f"job {job.job_id} ({job.date}, gen {job.generation}) is {job.status} at rest: "
+        f"no message and no run will ever end it"
+        for job in jobs.values()
+        if job.status not in FINAL
+    ]
+
+
+async def check_committed(world: World, jobs: dict[str, JobState]) -> list[str]:
+    """Every date is committed (no ``force`` needed), by its newest succeeded job."""
+    problems: list[str] = []
+    for day in world.days:
+        manifest, _ = await world.manifests.get(day)
+        succeeded = sorted(
+            (job for job in jobs.values() if job.date == day and job.status == "succeeded"),
+            key=lambda job: job.generation,
+        )
+        if manifest is None:
+            problems.append(f"{day}: not committed after the settle (liveness)")
+            continue
+        if not succeeded:
+            continue  # reported by check_dates
+        newest = succeeded[-1]
+        if manifest.generation != newest.generation or manifest.job_id != newest.job_id:
+            problems.append(
+                f"{day}: committed {manifest_summary(manifest)}, but the newest succeeded job "
+                f"is {newest.job_id} gen {newest.generation}"
+            )
+    return problems
+
+
+def check_read(
+    start: date, end: date, body: dict[str, Any], committed_before: set[date]
+) -> list[str]:
+    """A read accounts for every date of its range, and never calls committed data missing."""
+    where = f"/country-stats {start}..{end}"
+    served = {date.fromisoformat(row["date"]) for row in body["stats"]}
+    missing = {date.fromisoformat(day) for day in body["missing_dates"]}
+    unreadable = {date.fromisoformat(item["date"]) for item in body.get("unreadable_dates") or []}
+    days = {start + timedelta(days=n) for n in range((end - start).days + 1)}
+    problems: list[str] = []
+    if served | missing | unreadable != days or served & missing:
+        problems.append(
+            f"{where}: served {sorted(map(str, served))}, missing {sorted(map(str, missing))}, "
+            f"unreadable {sorted(map(str, unreadable))}: not each date once"
+        )
+    if gone := sorted(str(day) for day in missing & committed_before):
+        problems.append(f"{where}: {gone} missing, though committed before the read")
+    return problems

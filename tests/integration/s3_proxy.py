@@ -204,15 +204,14 @@ class S3Proxy:
     # -- control ---------------------------------------------------------------------
 
     def add(self, fault: Fault) -> Fault:
-        self.faults.append(fault)
+        self.faults = [*self.faults, fault]  # a new list: a request iterating keeps its own
         return fault
 
     def remove(self, fault: Fault) -> None:
-        with contextlib.suppress(ValueError):
-            self.faults.remove(fault)
+        self.faults = [f for f in self.faults if f is not fault]
 
     def clear(self) -> None:
-        self.faults.clear()
+        self.faults = []
 
     @contextlib.contextmanager
     def fault(self, fault: Fault) -> Iterator[Fault]:
@@ -428,3 +427,63 @@ async def _drain(request: web.BaseRequest) -> None:
 async def s3_proxy(upstream: str, *, seed: int = 0) -> AsyncIterator[S3Proxy]:
     async with S3Proxy(upstream, seed=seed) as proxy:
         yield proxy
+
+
+class ThreadedS3Proxy:
+    """An :class:`S3Proxy` serving from a thread of its own, with its own event loop.
+
+    For tests whose event loop is busy (the chaos test serves the simulator and polls S3
+    from it): the proxy's streaming then never delays them, nor they it. Faults are added
+    and removed from the test's thread (:meth:`add`, :meth:`remove`, :meth:`clear`).
+    """
+
+    def __init__(self, upstream: str, *, seed: int = 0) -> None:
+        self.proxy = S3Proxy(upstream, seed=seed)
+        self.proxy.record = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop: asyncio.Event | None = None
+
+    @property
+    def url(self) -> str:
+        return self.proxy.url
+
+    def add(self, fault: Fault) -> Fault:
+        return self.proxy.add(fault)  # the lists are replaced whole: safe across threads
+
+    def remove(self, fault: Fault) -> None:
+        self.proxy.remove(fault)
+
+    def clear(self) -> None:
+        self.proxy.clear()
+
+    def _serve(self, ready: threading.Event) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            await self.proxy.start()
+            ready.set()
+            try:
+                await self._stop.wait()
+            finally:
+                await self.proxy.stop()
+
+        asyncio.run(main())
+
+    async def __aenter__(self) -> Self:
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, args=(ready,), daemon=True)
+        self._thread.start()
+        await asyncio.to_thread(ready.wait, 30)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 30)

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote
 from xml.sax.saxutils import escape
 
@@ -44,18 +44,23 @@ _HOLD_SECONDS = 60.0  # a trap never holds a request longer, whatever the test d
 class Trap:
     """Holds the first request ``method`` whose path and query contain every ``targets``.
 
-    By default the trap arms itself after a manifest PUT (to catch what a commit does
-    next); ``armed=True`` arms it at once. The request is held in Moto's request thread,
-    so the client waits on it, until :attr:`released` is set.
+    By default the trap arms itself after the third PUT of a date state (a fresh date's
+    claim, lease and commit: to catch what a commit does next); ``armed=True`` arms it at
+    once. ``skip``: let that many matching requests through first. The request is held
+    in Moto's request thread, so the client waits on it, until :attr:`released` is set.
     """
 
-    def __init__(self, method: str, *targets: str, armed: bool = False) -> None:
+    COMMIT_PUT: Final = 3  # a fresh date's state is written by its claim, lease, commit
+
+    def __init__(self, method: str, *targets: str, armed: bool = False, skip: int = 0) -> None:
         self.method = method
         self.targets = targets
         self.caught = threading.Event()
         self.released = threading.Event()
         self.held: str | None = None
         self._armed = armed
+        self._skip = skip
+        self._state_puts = 0
         self._lock = threading.Lock()
 
     def before(self, method: str, target: str) -> None:
@@ -65,6 +70,9 @@ class Trap:
                 and method == self.method
                 and all(part in target for part in self.targets)
             )
+            if hold and self._skip > 0:
+                self._skip -= 1
+                hold = False
             if hold:
                 self._armed = False
                 self.held = target
@@ -75,7 +83,9 @@ class Trap:
     def after(self, method: str, target: str) -> None:
         if method == "PUT" and "/manifests/" in target and not self.caught.is_set():
             with self._lock:
-                self._armed = True
+                self._state_puts += 1
+                if self._state_puts >= self.COMMIT_PUT:
+                    self._armed = True
 
 
 @dataclass
@@ -83,6 +93,7 @@ class Failure:
     """Answer requests ``method`` whose path and query contain every ``targets`` with an error.
 
     ``times``: how many requests to fail (``None``: all, until the failure is removed).
+    ``only``: fail just these matching requests (1 for the first), let the others through.
     """
 
     method: str
@@ -93,9 +104,14 @@ class Failure:
     failed: int = 0
     message: str = "injected by the test"
     """The error's text (real S3 ones may name the bucket, the key and the caller's ARN)."""
+    only: frozenset[int] | None = None
+    seen: int = 0
 
     def matches(self, method: str, target: str) -> bool:
         if method != self.method or not all(part in target for part in self.targets):
+            return False
+        self.seen += 1
+        if self.only is not None and self.seen not in self.only:
             return False
         return self.times is None or self.failed < self.times
 

@@ -60,10 +60,12 @@ class TcpProxy:
             self._server.close()
         for writer in list(self._writers):
             writer.transport.abort()
-        for task in list(self._tasks):
-            task.cancel()
+        # Not cancelled: asyncio (3.11) logs an error for a cancelled client_connected_cb
+        # task. Aborted sockets end every pump at once.
         if self._tasks:
-            await asyncio.wait(self._tasks)
+            _, pending = await asyncio.wait(self._tasks, timeout=5)
+            for task in pending:
+                task.cancel()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None

@@ -36,6 +36,7 @@ import dataclasses
 import logging
 import os
 import random
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -52,9 +53,10 @@ from common.storage import open_store
 from common.topology import ROUTING_KEY, declare_topology
 from refsim import SimulatorConfig, cities
 from refsim.server import LiveSimulator, serve
-from tests.conftest import make_settings
-from tests.integration import invariants
+from tests.conftest import AMQP_URL, make_settings
+from tests.integration import invariants, s3_proxy
 from tests.integration.broker import close_connections
+from tests.integration.s3_proxy import ThreadedS3Proxy
 from tests.integration.s3_server import RestartableMoto
 from tests.integration.services import (
     Api,
@@ -64,6 +66,7 @@ from tests.integration.services import (
     start_api,
     start_consumer,
 )
+from tests.integration.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 log = logging.getLogger(__name__)
@@ -81,17 +84,25 @@ POISON: Final = {
 # Every kind of step appears once per seed; these are drawn for the rest, by weight.
 MANDATORY: Final = (
     "post", "force", "force_running", "kill", "term", "restart", "drop", "s3", "faults", "read",
+    "pause", "pause_api", "partition", "s3_faults",
 )  # fmt: skip
 EXTRA: Final = {
     "post": 3, "force": 2, "force_running": 3, "kill": 2, "term": 2, "restart": 2,
-    "drop": 1, "read": 2, "outage": 1, "faults": 1,
+    "drop": 1, "read": 2, "outage": 1, "faults": 1, "pause": 2, "partition": 2, "s3_faults": 1,
 }  # fmt: skip
 EXTRA_STEPS: Final = 8
+BROKER_HEARTBEAT: Final = 2  # seconds: a paused or cut-off consumer loses its deliveries soon
+WORK_WAIT: Final = 8.0  # how long a fault waits for work in flight to hit
 
 
 def seeds() -> list[int]:
+    """``CHAOS_SEEDS=1,2,3`` or ``CHAOS_SEEDS=1-20`` (ranges and lists mix), ``CHAOS_SEED``."""
     if listed := os.environ.get("CHAOS_SEEDS"):
-        return [int(seed) for seed in listed.split(",") if seed.strip()]
+        chosen: list[int] = []
+        for part in filter(None, (item.strip() for item in listed.split(","))):
+            first, _, last = part.partition("-")
+            chosen.extend(range(int(first), int(last or first) + 1))
+        return chosen
     if one := os.environ.get("CHAOS_SEED"):
         return [int(one)]
     if runs := int(os.environ.get("CHAOS_RUNS", "0")):
@@ -205,6 +216,14 @@ def _draw_step(
         value = rng.choice(cities)
     elif kind == "read":
         value = rng.randint(0, len(days) - 1)
+    elif kind == "pause":  # shorter and longer than the broker's two missed heartbeats
+        value = round(rng.uniform(2.0, 9.0), 2)
+    elif kind == "pause_api":
+        value = round(rng.uniform(1.0, 4.0), 2)
+    elif kind == "partition":
+        value = f"{rng.choice(['broker', 's3'])} {round(rng.uniform(2.0, 9.0), 2)}"
+    elif kind == "s3_faults":
+        value = round(rng.uniform(2.0, 6.0), 2)
     return Step(at, kind, day=day, slot=slot, value=value)
 
 
@@ -221,6 +240,10 @@ class Chaos:
     api: Api
     http: aiohttp.ClientSession
     world: invariants.World
+    proxy: ThreadedS3Proxy
+    """Every process reaches S3 through it: the schedule's S3 faults."""
+    links: list[tuple[TcpProxy, TcpProxy]]
+    """Each slot's (broker, S3) links: the schedule's silent partitions."""
     slots: list[Service | None] = field(default_factory=lambda: [None] * SLOTS)
     starting: dict[int, asyncio.Task[None]] = field(default_factory=dict)
     retired: list[Service] = field(default_factory=list)
@@ -229,6 +252,13 @@ class Chaos:
     violations: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     _started_consumers: int = 0
+    history: invariants.History = field(default_factory=invariants.History)
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    """Timed undoings (SIGCONT, heal): all awaited by :meth:`settle`."""
+    frozen: dict[int, Service] = field(default_factory=dict)
+    """SIGSTOPped processes by pid: always continued (settle, or the teardown on failure)."""
+    hit: dict[str, int] = field(default_factory=dict)
+    """Faults that met work in flight, by kind (a seed whose faults met none fails)."""
 
     # -- reporting -----------------------------------------------------------------------
 
@@ -266,6 +296,9 @@ class Chaos:
         self._started_consumers += 1
         name = f"consumer-{self._started_consumers}{clock}"
         extra = clock_offset(clock) if clock else {}
+        broker, s3 = self.links[slot]
+        extra["BUSSTATS_AMQP_URL"] = broker.url_of(consumer_amqp_url())
+        extra["BUSSTATS_S3_ENDPOINT_URL"] = f"http://127.0.0.1:{s3.port}"
         self.slots[slot] = await start_consumer(self.settings, name, extra_env=extra)
 
     async def _post(self, day: date, *, force: bool) -> str:
@@ -274,6 +307,8 @@ class Chaos:
             body = await response.json(content_type=None)
             if "job_id" in body:
                 self.world.visible_jobs.add(body["job_id"])
+            if response.status == 500:
+                self.violations.append(f"POST {query} answered 500 {body}")
             return f"{response.status} {body.get('job_id', body)}"
 
     async def post(self, step: Step) -> str:
@@ -291,7 +326,7 @@ class Chaos:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(8):
                 while True:
-                    latest, _ = await self.world.jobs.latest(step.day)
+                    latest = await self.world.lifecycle.latest(step.day)
                     if latest is not None and latest.status == "running":
                         seen = f"while {latest.job_id} ran"
                         break
@@ -317,7 +352,12 @@ class Chaos:
         went, so the planned slot is only the fallback.
         """
         await self._reap()
-        up = {n: service for n, service in enumerate(self.slots) if service is not None}
+        await self._await_work()
+        up = {
+            n: service
+            for n, service in enumerate(self.slots)
+            if service is not None and service.process.pid not in self.frozen
+        }
         if not up:  # every consumer still starting: wait for them
             for slot in list(self.starting):
                 await self._started(slot)
@@ -332,15 +372,18 @@ class Chaos:
 
     async def kill(self, step: Step) -> str:
         victim = await self._victim(step)
+        jobs = running_jobs(victim)
+        self._count("kill", jobs)
         victim.kill()
         code = await victim.stop()
         self.retired.append(victim)
-        return f"SIGKILL {victim.name} ({running_jobs(victim)} job(s) running), exit {code}"
+        return f"SIGKILL {victim.name} ({jobs} job(s) running), exit {code}"
 
     async def term(self, step: Step) -> str:
         victim = await self._victim(step)
         self.retired.append(victim)
         jobs = running_jobs(victim)
+        self._count("term", jobs)
         self.stopping.append(asyncio.create_task(victim.stop(grace=60)))
         return f"SIGTERM {victim.name} ({jobs} job(s) running)"
 
@@ -391,6 +434,11 @@ class Chaos:
         start = step.day
         end = max(start, min(self.plan.days[-1], start + timedelta(days=step.value)))
         query = f"from={start}&to={end}"
+        committed_before = {
+            day
+            for day in self.plan.days
+            if start <= day <= end and (await self.world.manifests.get(day))[0] is not None
+        }
         async with self.http.get(f"{self.api.url}/country-stats?{query}") as response:
             status, body = response.status, await response.json(content_type=None)
         if status == 503:
@@ -398,6 +446,7 @@ class Chaos:
         if status != 200:
             self.violations.append(f"read {query} answered {status} {body}")
             return f"{query}: {status}"
+        self.violations += invariants.check_read(start, end, body, committed_before)
         served = {date.fromisoformat(row["date"]) for row in body["stats"]}
         expected = await self.world.oracle.rows(served)
         if body["stats"] != expected:
@@ -405,12 +454,117 @@ class Chaos:
         unreadable = body.get("unreadable_dates") or []
         return f"{query}: 200, {len(served)} date(s) served, unreadable {unreadable}"
 
+    def _count(self, kind: str, jobs: int) -> None:
+        if jobs > 0:
+            self.hit[kind] = self.hit.get(kind, 0) + 1
+
+    async def _await_work(self) -> None:
+        """Until some consumer runs a job (at most :data:`WORK_WAIT`): faults hit work."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(WORK_WAIT):
+                while not any(running_jobs(s) for s in self.slots if s is not None):  # noqa: ASYNC110 - logs of other processes: polled
+                    await asyncio.sleep(0.05)
+
+    def _busiest(self) -> int | None:
+        """The slot whose (live, not paused) consumer runs the most jobs."""
+        up = [
+            n
+            for n, s in enumerate(self.slots)
+            if s is not None and s.process.pid not in self.frozen
+        ]
+        return max(up, key=lambda n: running_jobs(self.slots[n]), default=None)  # type: ignore[arg-type]  # not None: filtered
+
+    def _later(self, seconds: float, undo: Callable[[], None]) -> None:
+        async def wait_and_undo() -> None:
+            try:
+                await asyncio.sleep(seconds)  # the schedule's own pause, not synchronisation
+            finally:
+                undo()
+
+        self.background.append(asyncio.create_task(wait_and_undo()))
+
+    def _freeze(self, service: Service) -> None:
+        service.process.send_signal(signal.SIGSTOP)
+        self.frozen[service.process.pid] = service
+
+    def _thaw(self, service: Service) -> None:
+        self.frozen.pop(service.process.pid, None)
+        if service.process.returncode is None:
+            service.process.send_signal(signal.SIGCONT)
+
+    def thaw_all(self) -> None:
+        """SIGCONT every paused process (settle, and the teardown whatever happened)."""
+        for service in list(self.frozen.values()):
+            self._thaw(service)
+
+    async def pause(self, step: Step) -> str:
+        """SIGSTOP the busiest consumer for a while: it wakes up believing it still works."""
+        assert isinstance(step.value, float)
+        await self._reap()
+        await self._await_work()
+        slot = self._busiest()
+        if slot is None:
+            return "no consumer to pause"
+        service = self.slots[slot]
+        assert service is not None
+        jobs = running_jobs(service)
+        self._count("pause", jobs)
+        self._freeze(service)
+        self._later(step.value, lambda: self._thaw(service))
+        return f"SIGSTOP {service.name} ({jobs} job(s) running) for {step.value}s"
+
+    async def pause_api(self, step: Step) -> str:
+        assert isinstance(step.value, float)
+        self._freeze(self.api.service)
+        self._later(step.value, lambda: self._thaw(self.api.service))
+        return f"SIGSTOP the API for {step.value}s"
+
+    async def partition(self, step: Step) -> str:
+        """Cut a busy consumer's broker or S3 link silently (no FIN, no RST) for a while."""
+        assert isinstance(step.value, str)
+        which, seconds = step.value.split()
+        await self._reap()
+        await self._await_work()
+        slot = self._busiest()
+        if slot is None:
+            return "no consumer to cut off"
+        service = self.slots[slot]
+        assert service is not None
+        jobs = running_jobs(service)
+        self._count("partition", jobs)
+        link = self.links[slot][0 if which == "broker" else 1]
+        link.partition()
+        self._later(float(seconds), link.heal)
+        return f"{which} link of {service.name} ({jobs} job(s) running) silent for {seconds}s"
+
+    async def s3_faults(self, step: Step) -> str:
+        """S3 misbehaving for a while: 409s, 503s, lost answers, delays (every process)."""
+        assert isinstance(step.value, float)
+        faults = [
+            s3_proxy.conflict(conditional=True, probability=0.2),
+            s3_proxy.slow_down(probability=0.1),
+            s3_proxy.lose(conditional=True, probability=0.15),
+            s3_proxy.lose("500", conditional=False, method="PUT", probability=0.05),
+            s3_proxy.delay(0.5, probability=0.1),
+        ]
+        for fault in faults:
+            self.proxy.add(fault)
+
+        def heal() -> None:
+            for fault in faults:
+                self.proxy.remove(fault)
+                self.hit[f"s3 {fault.action}"] = self.hit.get(f"s3 {fault.action}", 0) + fault.hits
+
+        self._later(step.value, heal)
+        return f"S3 faults for {step.value}s"
+
     async def play(self) -> None:
         actions: dict[str, Callable[[Step], Coroutine[Any, Any, str]]] = {
             "post": self.post, "force": self.force, "force_running": self.force_running,
             "kill": self.kill, "term": self.term, "restart": self.restart, "drop": self.drop,
             "s3": self.s3, "faults": self.faults, "outage": self.outage, "heal": self.heal,
-            "read": self.read,
+            "read": self.read, "pause": self.pause, "pause_api": self.pause_api,
+            "partition": self.partition, "s3_faults": self.s3_faults,
         }  # fmt: skip
         begin = self.started = time.monotonic()
         log.info("chaos: seed %d, %s", self.seed, self.plan.describe())
@@ -423,6 +577,13 @@ class Chaos:
     async def settle(self) -> None:
         """Heal, fill every slot, ask for every date once more (a plain POST)."""
         self.simulator.state.config = self.base
+        for task in self.background:  # every pause and partition ends (as planned)
+            await task
+        self.thaw_all()
+        self.proxy.clear()
+        for broker, s3 in self.links:
+            broker.heal()
+            s3.heal()
         for slot in list(self.starting):
             await self._started(slot)
         await asyncio.gather(
@@ -444,11 +605,32 @@ class Chaos:
                 self.slots[slot] = None
 
 
+_RUN_ENDED: Final = frozenset(
+    {"job.succeeded", "job.attempt_failed", "job.superseded", "job.interrupted", "run.fenced"}
+)
+
+
 def running_jobs(service: Service) -> int:
-    """Jobs a consumer started and has not finished, as its own log tells (for the report)."""
-    events = [line.get("event") for line in service.lines]
-    ended = ("job.succeeded", "job.attempt_failed", "job.superseded", "job.interrupted")
-    return events.count("job.started") - sum(events.count(event) for event in ended)
+    """Jobs a consumer started and has not finished, as its own log tells.
+
+    A run ends with one of :data:`_RUN_ENDED` or, whatever happened, with the settling of
+    its delivery (``message.settle*``).
+    """
+    running: dict[str, bool] = {}
+    for line in service.lines:
+        job_id, event = line.get("job_id"), str(line.get("event", ""))
+        if job_id is None:
+            continue
+        if event == "job.started":
+            running[job_id] = True
+        elif event in _RUN_ENDED or event.startswith("message.settle"):
+            running[job_id] = False
+    return sum(running.values())
+
+
+def consumer_amqp_url() -> str:
+    """The broker URL of the consumers: a short heartbeat, so a silent link is noticed."""
+    return f"{AMQP_URL.rstrip('/')}/?heartbeat={BROKER_HEARTBEAT}"
 
 
 async def publish_poison(amqp: AbstractRobustConnection, settings: Settings) -> int:
@@ -462,9 +644,9 @@ async def publish_poison(amqp: AbstractRobustConnection, settings: Settings) -> 
     return len(POISON)
 
 
-def chaos_settings(moto: RestartableMoto, namespace: str, reference_url: str) -> Settings:
+def chaos_settings(s3_url: str, namespace: str, reference_url: str) -> Settings:
     return make_settings(
-        moto.url,
+        s3_url,
         namespace,
         reference_url=reference_url,
         read_timeout_seconds=1.0,
@@ -483,8 +665,21 @@ async def chaos_system(seed: int, moto: RestartableMoto, namespace: str) -> Asyn
     base = simulator_config(seed)
     plan = make_plan(seed, base)
     async with serve(base) as simulator, contextlib.AsyncExitStack() as stack:
-        settings = chaos_settings(moto, namespace, simulator.url)
-        store = await stack.enter_async_context(open_store(settings))
+        # Every process reaches S3 through the fault-injecting proxy, each consumer through
+        # links of its slot (to the broker, to the proxy) that can go silent; the test
+        # reads the bucket directly.
+        proxy = await stack.enter_async_context(ThreadedS3Proxy(moto.url, seed=seed))
+        proxy_port = int(proxy.url.rsplit(":", 1)[1])
+        links = [
+            (
+                await stack.enter_async_context(TcpProxy("127.0.0.1", 5672)),
+                await stack.enter_async_context(TcpProxy("127.0.0.1", proxy_port)),
+            )
+            for _ in range(SLOTS)
+        ]
+        settings = chaos_settings(proxy.url, namespace, simulator.url)
+        direct = chaos_settings(moto.url, namespace, simulator.url)
+        store = await stack.enter_async_context(open_store(direct))
         http = await stack.enter_async_context(aiohttp.ClientSession())
         api = await start_api(settings)
         world = invariants.World(
@@ -494,9 +689,15 @@ async def chaos_system(seed: int, moto: RestartableMoto, namespace: str) -> Asyn
             days=plan.days,
             oracle=invariants.Oracle(base),
         )
-        chaos = Chaos(seed, plan, settings, moto, simulator, base, api, http, world)
+        chaos = Chaos(seed, plan, settings, moto, simulator, base, api, http, world, proxy, links)
 
         async def stop_everything() -> None:
+            for undo in chaos.background:
+                undo.cancel()
+            chaos.thaw_all()  # never leave a stopped process behind, whatever failed
+            for broker, s3 in links:
+                broker.heal()
+                s3.heal()
             for task in [*chaos.stopping, *chaos.starting.values()]:
                 with contextlib.suppress(Exception):
                     await task
@@ -517,13 +718,16 @@ async def check(chaos: Chaos, amqp: AbstractRobustConnection) -> list[str]:
     jobs = await invariants.all_jobs(world)
     reached = await invariants.referenced_jobs(world, jobs)
     problems = list(chaos.violations)
+    problems += invariants.check_history(chaos.history, jobs)
+    problems += invariants.check_at_rest(jobs)
+    problems += await invariants.check_committed(world, jobs)
     problems += invariants.check_job_states(world, jobs, reached)
     problems += await invariants.check_dates(world, jobs)
     problems += await invariants.check_served(http, world)
     problems += await invariants.check_served(http, world, verify=True)
     problems += await invariants.check_objects(world)
     for day in world.days:
-        latest, _ = await world.jobs.latest(day)
+        latest = await world.lifecycle.latest(day)
         if latest is not None and latest.status == "succeeded":
             again = await chaos._post(day, force=False)
             if not again.startswith(f"200 {latest.job_id}"):
@@ -535,10 +739,37 @@ async def check(chaos: Chaos, amqp: AbstractRobustConnection) -> list[str]:
     chaos.note("sweep: " + (await invariants.sweep(world)).strip().replace("\n", " | ")[-300:])
     problems += await invariants.check_leftovers(world)
     problems += await invariants.check_objects(world)
+    problems += check_faults_hit(chaos, jobs)
     return problems
 
 
-@pytest.mark.timeout(180)
+def check_faults_hit(chaos: Chaos, jobs: dict[str, Any]) -> list[str]:
+    """A seed whose faults met no work in flight proves nothing: it fails.
+
+    At least one job superseded, one run resumed by another delivery, one consumer killed
+    (or stopped) while it ran a job.
+    """
+    superseded = sum(1 for job in jobs.values() if job.superseded_by is not None)
+    consumers = [*chaos.retired, *(s for s in chaos.slots if s is not None)]
+    resumed = sum(
+        1 for service in consumers for line in service.lines if line.get("event") == "job.resumed"
+    )
+    killed = chaos.hit.get("kill", 0) + chaos.hit.get("term", 0)
+    chaos.note(
+        f"faults that met work: {superseded} superseded, {resumed} resumed, {chaos.hit}; "
+        f"{chaos.history.transitions()} transitions seen in {chaos.history.polls} polls"
+    )
+    missed = [
+        what
+        for what, count in (("supersede", superseded), ("resume", resumed), ("kill", killed))
+        if count == 0
+    ]
+    if missed:
+        return [f"seed {chaos.seed}: no {', no '.join(missed)} of a running job: it tested little"]
+    return []
+
+
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("seed", seeds())
 async def test_chaos_invariants_hold(
     seed: int, moto: RestartableMoto, namespace: str, amqp: AbstractRobustConnection
@@ -547,8 +778,14 @@ async def test_chaos_invariants_hold(
     async with chaos_system(seed, moto, namespace) as chaos:
         try:
             chaos.world.poison = await publish_poison(amqp, chaos.settings)
-            await chaos.play()
-            await chaos.settle()
+            watcher = asyncio.create_task(invariants.watch_jobs(chaos.world, chaos.history))
+            try:
+                await chaos.play()
+                await chaos.settle()
+                await invariants.quiesce(chaos.world, deadline=QUIET_DEADLINE)
+            finally:
+                watcher.cancel()
+                await asyncio.wait({watcher})
             problems = await check(chaos, amqp)
         except BaseException as error:
             error.add_note(chaos.report())

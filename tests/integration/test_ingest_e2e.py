@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 
-from common.codec import codec_of_key, decompress
+from common.codec import CONTENT_TYPES, codec_of_key, decompress
 from common.jobs import ManifestStore
 from common.layout import Layout
 from common.settings import Settings
@@ -51,6 +51,9 @@ async def stored_stats(
             assert stored is not None
             assert codec_of_key(city.key) == city.codec
             assert len(stored.body) == city.size_stored
+            head = await store.client.head_object(Bucket=store.bucket, Key=city.key)
+            assert head["ContentType"] == CONTENT_TYPES[city.codec]
+            assert not head.get("ContentEncoding")  # clients must not decompress on the fly
             body = decompress(stored.body, city.codec)
             assert len(body) == city.bytes
             lines = body.splitlines()

@@ -179,7 +179,8 @@ async def test_untrusted_city_names_never_become_key_paths(
         r"|dates/date=\d{4}-\d{2}-\d{2}/latest-job\.json"
         r"|manifests/date=\d{4}-\d{2}-\d{2}/manifest\.json"
         r"|jobs-index/(?:all|date=\d{4}-\d{2}-\d{2})/\d+-[0-9a-f]{32}"
-        r"|data/date=\d{4}-\d{2}-\d{2}/gen=\d+/job=[0-9a-f]{32}/run=[0-9a-f]{32}/city=\d+\.jsonl)$"
+        r"|data/date=\d{4}-\d{2}-\d{2}/gen=\d+/job=[0-9a-f]{32}/run=[0-9a-f]{32}"
+        r"/city=\d+\.jsonl\.zst)$"
     )
     keys = [item.key async for item in store.list_objects("")]
     assert keys

@@ -355,7 +355,8 @@ async def test_a_newer_claim_during_the_commit_never_leaves_a_manifest_without_i
     500), so nothing newer repairs the date: what is committed must be whole and exact.
     """
     day = date(2024, 7, 10)
-    moto.trap = trap = Trap("PUT", f"manifests/date={day}/", armed=True)
+    # The date state's third PUT is the commit (after the claim and the lease).
+    moto.trap = trap = Trap("PUT", f"manifests/date={day}/", armed=True, skip=2)
     async with (
         serve(COMMITTING) as simulator,
         open_store(
@@ -446,9 +447,16 @@ COMMIT_FAILS: Final = SimulatorConfig(
 async def test_an_s3_error_at_commit_on_the_last_delivery_ends_the_job_and_its_objects(
     moto: RestartableMoto, namespace: str, amqp: AbstractRobustConnection
 ) -> None:
-    """The manifest PUT is refused on every delivery: ``failed``, explained, nothing left."""
+    """The commit's PUT is refused on every delivery: ``failed``, explained, nothing left.
+
+    The date state's PUTs are the claim, then per delivery the lease and the commit, then
+    the give-up: the 3rd and the 5th are the two deliveries' commits.
+    """
     day = date(2024, 8, 2)
-    moto.failures.append(Failure("PUT", (f"manifests/date={day}/",), 403, "AccessDenied"))
+    commits = frozenset({3, 5})
+    moto.failures.append(
+        Failure("PUT", (f"manifests/date={day}/",), 403, "AccessDenied", only=commits)
+    )
     async with (
         serve(COMMIT_FAILS) as simulator,
         open_store(
@@ -553,7 +561,7 @@ async def test_a_commit_never_aborts_a_live_upload_of_another_date(
     async with serve(BIG) as simulator, open_store(
         settings := race_settings(
             moto, namespace, simulator.url, part_size_bytes=5 * MIB,
-            memory_budget_bytes=20 * MIB, job_concurrency=2,
+            memory_budget_bytes=20 * MIB, job_concurrency=2, object_codec="none",
         )
     ) as store:  # fmt: skip
         api = await start_api(settings)
@@ -589,7 +597,12 @@ RESUME: Final = SimulatorConfig(
     seed=81, cities=12, countries=3, records_min=100, records_max=300,
     latency_min=0.3, latency_max=0.6,
 )  # fmt: skip
-_CITY_KEY: Final = re.compile(r"city=(\d+)\.jsonl$")
+_CITY_KEY: Final = re.compile(r"city=(\d+)\.jsonl(?:\.zst|\.gz)?$")  # any codec's suffix
+
+
+def record_key(object_key: str) -> str:
+    """The completion record beside a city object: ``city=3.jsonl.zst`` -> ``city=3.json``."""
+    return _CITY_KEY.sub(lambda match: f"city={match[1]}.json", object_key)
 
 
 async def _complete_cities(store: S3Store, day: date) -> dict[int, tuple[str, str]]:
@@ -603,7 +616,7 @@ async def _complete_cities(store: S3Store, day: date) -> dict[int, tuple[str, st
     complete: dict[int, tuple[str, str]] = {}
     for key, etag in items.items():
         match = _CITY_KEY.search(key)
-        if match and (not records or key.removesuffix(".jsonl") + ".json" in records):
+        if match and (not records or record_key(key) in records):
             complete[int(match[1])] = (key, etag)
     return complete
 
@@ -848,7 +861,7 @@ async def test_a_consumer_killed_during_the_sweep_leaves_nothing_behind(
         manifest = await committed(store, day)
         assert manifest is not None
         named = {city.key for city in manifest.cities}
-        records = {key.removesuffix(".jsonl") + ".json" for key in named}
+        records = {record_key(key) for key in named}
         left = set(await data_keys(store, day)) - named - records
         assert left == set(), f"older runs' objects were left: {sorted(left)}"
         assert await store.pending_uploads("") == []

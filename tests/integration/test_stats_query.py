@@ -348,6 +348,7 @@ async def test_the_backfill_keeps_a_manifest_that_changed_meanwhile(
 E2E = SimulatorConfig(seed=21, cities=10, countries=3, records_min=40, records_max=900)
 
 
+@pytest.mark.timeout(300)  # three consumers, one codec each, one after the other
 async def test_the_sums_path_and_the_object_path_agree_for_processed_dates(
     settings: Settings, store: S3Store, amqp: AbstractRobustConnection
 ) -> None:

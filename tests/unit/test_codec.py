@@ -4,11 +4,14 @@ import contextlib
 import gzip
 import random
 from collections.abc import AsyncIterator
+from datetime import date
+from typing import Any, cast
 
 import pytest
 import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from common.codec import (
     CODECS,
@@ -23,8 +26,11 @@ from common.codec import (
     decompress,
     resolve_level,
 )
-from consumer.rejects import encode_rejects
 from common.records import BadRecord
+from common.settings import Settings
+from consumer.fetcher import City
+from consumer.ingest import CityIngest
+from consumer.rejects import encode_rejects
 from producer.stats.blocks import BadObjectError, lines_totals
 from producer.stats.objects import BlockBudget, ByteStream, object_totals
 from producer.stats.shared import Workers
@@ -68,7 +74,7 @@ def test_levels_default_per_codec_and_are_checked() -> None:
     assert resolve_level("gzip", None) == 6
     assert resolve_level("none", None) is None
     assert resolve_level("zstd", 19) == 19
-    with pytest.raises(ValueError, match="gzip levels are 1..9"):
+    with pytest.raises(ValueError, match=r"gzip levels are 1\.\.9"):
         resolve_level("gzip", 10)
     with pytest.raises(ValueError, match="zstd levels"):
         resolve_level("zstd", 0)
@@ -146,7 +152,10 @@ def test_a_truncated_object_is_refused(codec: Codec) -> None:
 def test_rejects_are_encoded_with_the_codec(codec: Codec) -> None:
     bad = [BadRecord(city_id=2, reason="no delay", raw="{}"), BadRecord(1, "x", "[]")]
     body = decompress(encode_rejects(bad, codec), codec)
-    assert body == b'{"city_id":1,"reason":"x","raw":"[]"}\n{"city_id":2,"reason":"no delay","raw":"{}"}\n'
+    assert (
+        body
+        == b'{"city_id":1,"reason":"x","raw":"[]"}\n{"city_id":2,"reason":"no delay","raw":"{}"}\n'
+    )
 
 
 # --- the object path (verify, dates without sums, the backfill) ---------------------------
@@ -202,3 +211,23 @@ async def test_the_object_path_goes_by_the_suffix_not_by_the_bytes() -> None:
     budget = BlockBudget(block_bytes=4096, slots=3, workers=Workers(2))
     with pytest.raises(BadObjectError):
         await object_totals(Source({key: data}), key, "e", budget)
+
+
+def test_the_level_setting_is_checked_against_the_codec() -> None:
+    assert Settings(object_codec="gzip", object_level=9).object_level == 9
+    assert Settings().object_codec == "zstd"
+    with pytest.raises(ValidationError, match=r"gzip levels are 1\.\.9"):
+        Settings(object_codec="gzip", object_level=12)
+
+
+async def test_ingest_refuses_a_key_whose_suffix_lies_about_the_codec() -> None:
+    """Readers go by the suffix: a zstd object under ``.jsonl`` would be unreadable."""
+    ingest = CityIngest(
+        reference=cast(Any, None),  # never reached: the key is checked first
+        store=cast(Any, None),
+        retry=cast(Any, None),
+        codec="zstd",
+    )
+    city = City(id=3, name="Graz", country="Austria")
+    with pytest.raises(ValueError, match="suffix of codec zstd"):
+        await ingest.ingest(city, date(2024, 1, 1), "data/date=2024-01-01/run=x/city=3.jsonl")

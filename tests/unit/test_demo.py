@@ -110,3 +110,21 @@ def test_the_stored_table_shows_bytes_and_ratio() -> None:
     assert "13.0x" in text
     assert "zstd" in text
     assert "9.8 KiB" in text
+
+
+def test_the_demo_prints_the_settings_of_its_stack() -> None:
+    env = demo.child_environment(
+        {"HOME": "/root", "BUSSTATS_NAMESPACE": "mine"},
+        {
+            "BUSSTATS_AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/",
+            "BUSSTATS_NAMESPACE": "demo-1234",
+            "BUSSTATS_S3_ENDPOINT_URL": "http://127.0.0.1:4566",
+            "BUSSTATS_S3_BUCKET": "demo-1234",
+        },
+    )
+    lines = demo.settings_lines(env)
+    assert "export BUSSTATS_NAMESPACE=demo-1234" in lines
+    assert "export BUSSTATS_S3_BUCKET=demo-1234" in lines
+    assert "export BUSSTATS_S3_ENDPOINT_URL=http://127.0.0.1:4566" in lines
+    assert "export AWS_ACCESS_KEY_ID=testing" in lines
+    assert not any("HOME" in line for line in lines)

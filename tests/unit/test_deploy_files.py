@@ -71,9 +71,13 @@ def image_commands() -> list[tuple[str, list[str]]]:
     """(where, arguments after ``python -m``) for every way the image is started."""
     commands = [("Dockerfile CMD", dockerfile_instruction("CMD"))]
     for name, service in project_services().items():
+        entrypoint = service.get("entrypoint", dockerfile_instruction("ENTRYPOINT"))
         command = service.get("command", dockerfile_instruction("CMD"))
         assert isinstance(command, list), f"service {name}: command must be a list (exec form)"
-        commands.append((f"compose service {name}", [str(part) for part in command]))
+        assert entrypoint[:2] == ["python", "-m"], f"service {name}: entrypoint {entrypoint}"
+        # A service's own entrypoint may name its module (``python -m consumer``).
+        arguments = [*entrypoint[2:], *command]
+        commands.append((f"compose service {name}", [str(part) for part in arguments]))
     return commands
 
 

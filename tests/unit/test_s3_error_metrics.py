@@ -8,9 +8,9 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
+from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from aiohttp import web
-from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
 from types_aiobotocore_s3 import S3Client
 
@@ -42,7 +42,7 @@ def closed_port() -> int:
 
 
 async def requests_to(endpoint: str, metrics: ConsumerMetrics, *, counted: bool) -> None:
-    config = Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=2)
+    config = AioConfig(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=2)
     async with get_session().create_client(
         "s3", endpoint_url=endpoint, region_name="us-east-1", config=config
     ) as client:
