@@ -35,6 +35,7 @@ members carry their CRC-32 by definition.
 """
 
 import zlib
+from collections import deque
 from typing import Final, Literal, get_args
 
 import zstandard
@@ -63,7 +64,7 @@ CONTENT_TYPES: Final[dict[Codec, str]] = {
 }
 
 _GZIP_WBITS: Final = 31  # zlib's deflate wrapped in a gzip header and trailer
-_INFLATE_SLICE: Final = 32 * 1024  # compressed bytes decompressed at a time (bounds output)
+_INFLATE_SLICE: Final = 128 * 1024  # compressed bytes decompressed at a time (bounds output)
 
 
 def codec_of_key(key: str) -> Codec:
@@ -145,7 +146,8 @@ class Decompressor:
     def __init__(self, codec: Codec) -> None:
         self.codec = codec
         self._pending = bytearray()  # compressed, not yet given to the codec
-        self._out = bytearray()  # decompressed, not yet read
+        self._out: deque[bytes] = deque()  # decompressed, not yet read, in order
+        self._out_bytes = 0
         self._zstd: zstandard.ZstdDecompressionObj | None = None
         self._gzip: zlib._Decompress | None = None
         self._started = False  # a frame is open (some of its bytes were given to the codec)
@@ -160,22 +162,35 @@ class Decompressor:
 
     def feed(self, data: bytes) -> None:
         if self.codec == "none":
-            self._out += data
+            self._put(data)
         else:
             self._pending += data
 
     @property
     def buffered(self) -> int:
         """Bytes held (compressed and decompressed): what one more ``read`` may return."""
-        return len(self._pending) + len(self._out)
+        return len(self._pending) + self._out_bytes
 
     def read(self, size: int) -> bytes:
         """Up to ``size`` bytes of lines from what was fed; ``b""`` when it needs more."""
-        while len(self._out) < size and self._pending:
+        while self._out_bytes < size and self._pending:
             self._step()
-        taken = bytes(self._out[:size])
-        del self._out[:size]
-        return taken
+        parts: list[bytes] = []
+        wanted = size
+        while wanted and self._out:
+            part = self._out.popleft()
+            if len(part) > wanted:  # the rest stays for the next read
+                self._out.appendleft(part[wanted:])
+                part = part[:wanted]
+            parts.append(part)
+            wanted -= len(part)
+        self._out_bytes -= size - wanted
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _put(self, data: bytes) -> None:
+        if data:
+            self._out.append(data)
+            self._out_bytes += len(data)
 
     def finish(self) -> None:
         """Raise :class:`TruncatedError` unless every frame fed was complete."""
@@ -195,11 +210,11 @@ class Decompressor:
         self._started = True
         try:
             if self._zstd is not None:
-                self._out += self._zstd.decompress(piece)
+                self._put(self._zstd.decompress(piece))
                 unused = self._zstd.unused_data if self._zstd.eof else b""
             else:
                 assert self._gzip is not None  # noqa: S101 - set for every codec but none
-                self._out += self._gzip.decompress(piece)
+                self._put(self._gzip.decompress(piece))
                 unused = self._gzip.unused_data if self._gzip.eof else b""
         except (zstandard.ZstdError, zlib.error) as error:
             raise TruncatedError(f"not {self.codec} data: {error}") from None

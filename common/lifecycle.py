@@ -75,6 +75,20 @@ def superseded_reason(by_job_id: str | None) -> str:
 
 
 @dataclass(frozen=True)
+class Claimed:
+    """What :meth:`Lifecycle.claim` found or made: the date's job, and what it replaced.
+
+    ``age``: for a reused job, how long ago its state was written (S3's clock).
+    ``previous``: for a new claim, the claim it replaced (to retire or to restore).
+    """
+
+    job: JobState
+    created: bool
+    age: timedelta | None = None
+    previous: Claim | None = None
+
+
+@dataclass(frozen=True)
 class Committed:
     """The job's run already committed the date (a redelivery after the commit)."""
 
@@ -123,20 +137,21 @@ class Lifecycle:
         force: bool,
         reuse: Callable[[JobState, timedelta | None], bool],
         partial: bool = False,
-    ) -> tuple[JobState, bool, timedelta | None]:
+    ) -> Claimed:
         """The date's job: the claim's, if ``reuse`` says so, else a new claim.
 
-        Returns the job, whether it is new, and (for a reused one) its state's age on S3's
-        clock. A new job is written ``queued`` first (nothing points to it yet), then made
-        the claim under the next generation by a compare-and-swap of the date state; a
-        lost race deletes the new state and looks again.
+        A new job is written ``queued`` first (nothing points to it yet), then made the
+        claim under the next generation by a compare-and-swap of the date state; a lost
+        race deletes the new state and looks again. Nothing else changes yet: the claim it
+        replaced is retired (:meth:`retire`) once the new job's message is confirmed, or
+        restored (:meth:`withdraw`) if it never is.
         """
         for _ in range(_RACES):
             state, etag = await self.dates.read(day)
             if state.claim is not None:
                 current, _, age = await self.jobs.read(state.claim.job_id)
                 if current is not None and reuse(current, age):
-                    return current, False, age
+                    return Claimed(current, created=False, age=age)
             job = JobState.queued(
                 uuid.uuid4().hex, day, force=force, generation=state.top_generation + 1
             )
@@ -157,13 +172,62 @@ class Lifecycle:
             log.info(
                 "job.claimed", job_id=job.job_id, date=day.isoformat(), generation=job.generation
             )
-            return job, True, None
+            return Claimed(job, created=True, previous=state.claim)
         raise WriteConflictError(f"date {day}: claim")
 
     async def latest(self, day: date) -> JobState | None:
         """The job the date's claim names (its newest request), if any."""
         state, _ = await self.dates.read(day)
         return None if state.claim is None else await self.jobs.get(state.claim.job_id)
+
+    async def retire(self, claimed: Claimed) -> None:
+        """After the new job's message is confirmed: end the claim it replaced, if idle.
+
+        A replaced job that holds no lease can never run again (only the claim's job may
+        take the lease): it ends ``failed``, superseded, so it never stays ``queued``
+        without a message. One that holds the lease runs on until the new job takes it.
+        """
+        previous = claimed.previous
+        if previous is None or previous.ended or previous.job_id == claimed.job.job_id:
+            return
+        state, _ = await self.dates.read(claimed.job.date)
+        if state.run is not None and state.run.job_id == previous.job_id:
+            return
+        job = await self.jobs.get(previous.job_id)
+        if job is None or job.status in FINAL:
+            return
+        await self._end_quietly(previous.job_id, claimed.job.date, superseded_by=claimed.job.job_id)
+
+    async def withdraw(self, claimed: Claimed, reason: str) -> JobState | None:
+        """The new job's message was never confirmed: undo its claim, end it, change nothing else.
+
+        The claim it replaced is restored (its generation stays used: the date's floor
+        keeps it), unless the new job already took the lease (its message did arrive after
+        all): then it runs, and the date gets fresh data.
+        """
+        job = claimed.job
+        for _ in range(_RACES):
+            state, etag = await self.dates.read(job.date)
+            if state.run is not None and state.run.job_id == job.job_id:
+                log.warning("job.withdraw_too_late", job_id=job.job_id)
+                return None
+            if state.claim is None or state.claim.job_id != job.job_id:
+                break
+            update = {
+                "claim": claimed.previous,
+                "floor": max(state.floor, job.generation),
+            }
+            try:
+                await self.dates.swap(state.model_copy(update=update), etag)
+            except WriteConflictError:
+                continue
+            break
+        else:
+            raise WriteConflictError(f"date {job.date}: withdraw")
+        now = utc_now()
+        return await self._final(
+            job.job_id, {"status": "failed", "error": reason, "finished_at": now, "updated_at": now}
+        )
 
     # -- runs -----------------------------------------------------------------------------
 
@@ -429,12 +493,33 @@ class Run:
         return self.lease.run_id
 
     async def save(self, state: JobState) -> None:
-        """Write the job's state over the one this run wrote last, or stop (fenced)."""
-        try:
-            self._etag = await self._lifecycle.jobs.replace(state, self._etag)
-        except WriteConflictError:
-            raise FencedError(f"run {self.run_id}: its job state was taken over") from None
-        self.state = state
+        """Write the job's state over the one this run wrote last, or stop (fenced).
+
+        A write of this run that took effect but whose answer never came back (cancelled
+        mid-PUT, a lost answer) left an ETag this run does not know: the stored state then
+        still carries this run's id and is not final — only this run writes that — so
+        its ETag is adopted and the write made again. Any other state means another run
+        or an ending took over.
+        """
+        jobs = self._lifecycle.jobs
+        for _ in range(2):
+            try:
+                self._etag = await jobs.replace(state, self._etag)
+            except WriteConflictError:
+                stored, etag, _ = await jobs.read(self.lease.job_id)
+                if (
+                    stored is None
+                    or etag is None
+                    or stored.run_id != self.run_id
+                    or stored.status in FINAL
+                    or etag == self._etag
+                ):
+                    raise FencedError(f"run {self.run_id}: its job state was taken over") from None
+                self._etag = etag
+                continue
+            self.state = state
+            return
+        raise FencedError(f"run {self.run_id}: its job state keeps changing")
 
     async def check(self) -> DateState:
         """Raise :class:`FencedError` unless the date's lease is still this run's."""

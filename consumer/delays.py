@@ -65,3 +65,7 @@ class RetrySchedule:
         if failures > self.limit:
             return None
         return now + timedelta(seconds=self.wait_after(failures))
+
+    def retry_after(self, failures: int) -> float | None:
+        """The wait before the next delivery if this, the ``failures``-th failure, is retried."""
+        return self.wait_after(failures) if failures <= self.limit else None

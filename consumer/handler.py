@@ -59,6 +59,14 @@ log = get_logger(__name__)
 _PROGRESS_SECONDS: Final = 1.0  # at most one progress write per job per second
 
 
+class DeferredError(Exception):
+    """A second copy of a job's message while a run in another process works on it.
+
+    That run may be alive or may have just died: the copy is put back to wait (it is not
+    a failure) rather than dropped, so the job always keeps a message until it ends.
+    """
+
+
 class JobFailedError(Exception):
     """The job did not commit. ``retryable``: another delivery may succeed."""
 
@@ -81,6 +89,7 @@ class Handler:
             self.store, self.layout, stale_after=timedelta(seconds=self.settings.stale_job_seconds)
         )
         self.sweeper = Sweeper(self.store, self.layout)
+        self.live_runs: set[str] = set()  # jobs with a run in this process
         self.retry = RetryPolicy(
             attempts=self.settings.retry_attempts,
             base_seconds=self.settings.retry_backoff_seconds,
@@ -144,14 +153,20 @@ class Handler:
             return start.job
         if isinstance(start, Duplicate):
             log.info("message.duplicate", run_id=start.job.run_id)
+            if message.job_id not in self.live_runs:
+                raise DeferredError(message.job_id)
             return start.job
         if isinstance(start, Superseded):
             log.info("job.superseded", by_job_id=start.by_job_id)
             self.metrics.jobs.labels("superseded").inc()
             return start.job
-        return await _Run(self, start).execute(
-            last_delivery=last_delivery, next_attempt_at=next_attempt_at
-        )
+        self.live_runs.add(message.job_id)
+        try:
+            return await _Run(self, start).execute(
+                last_delivery=last_delivery, next_attempt_at=next_attempt_at
+            )
+        finally:
+            self.live_runs.discard(message.job_id)
 
     async def newer_version(self, message: JobMessage, newer: NewerVersionError) -> JobState | None:
         """A date or job state of a newer format: end the job, never loop on it.

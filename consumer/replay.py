@@ -70,7 +70,8 @@ async def replay_dead_letters(settings: Settings, *, limit: int | None = None) -
                     )
                     await message.ack()
                     continue
-                job, _, _ = await lifecycle.claim(dead.date, force=True, reuse=lambda *_: False)
+                claimed = await lifecycle.claim(dead.date, force=True, reuse=lambda *_: False)
+                job = claimed.job
                 replay = JobMessage(job_id=job.job_id, date=job.date, force=True)
                 try:
                     await topology.exchange.publish(
@@ -78,11 +79,10 @@ async def replay_dead_letters(settings: Settings, *, limit: int | None = None) -
                         routing_key=ROUTING_KEY,
                     )
                 except BaseException:
-                    # Not queued: end the new claim; the dead letter stays for a later replay.
-                    await lifecycle.end(
-                        job.job_id, job.date, "the broker did not confirm the replay"
-                    )
+                    # Not queued: undo the new claim; the dead letter stays for a later replay.
+                    await lifecycle.withdraw(claimed, "the broker did not confirm the replay")
                     raise
+                await lifecycle.retire(claimed)
                 await message.ack()
                 replayed += 1
                 log.info(

@@ -60,6 +60,8 @@ class _Owners:
             return True
         if self.state is None or owner.job_id is None:
             return False
+        if owner.generation > self.state.top_generation:
+            return False  # a claim made after the state was read: it may be running
         return not Lifecycle.may_commit(self.state, owner.job_id, owner.generation)
 
 

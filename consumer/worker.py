@@ -51,7 +51,7 @@ from common.store_probe import probe_conditional_writes
 from common.topology import ROUTING_KEY, Topology, declare_topology
 from consumer.delays import RetrySchedule
 from consumer.fetcher import ReferenceClient
-from consumer.handler import Handler, JobFailedError
+from consumer.handler import DeferredError, Handler, JobFailedError
 from consumer.metrics import ConsumerMetrics, count_s3_errors
 
 log = get_logger(__name__)
@@ -59,7 +59,7 @@ DELIVERY_COUNT_HEADER: Final = "x-delivery-count"
 FAILURES_HEADER: Final = "x-bus-stats-failures"
 RECONNECT_SECONDS: Final = 1.0  # how soon a lost broker connection is retried
 APP_ID: Final = "bus-stats-consumer"
-Decision = Literal["ack", "requeue", "dead-letter", "republish", "retry-later"]
+Decision = Literal["ack", "requeue", "dead-letter", "republish", "retry-later", "defer"]
 
 
 def _header_int(message: AbstractIncomingMessage, name: str) -> int:
@@ -261,6 +261,8 @@ class Worker:
             )
         except asyncio.CancelledError:
             return "republish" if self._stopping else "requeue"
+        except DeferredError:
+            return "defer"
         except JobFailedError as error:
             return "retry-later" if error.retryable and failures < limit else "dead-letter"
         except Exception as error:  # S3 down or a bug: a later delivery decides
@@ -284,6 +286,8 @@ class Worker:
                 decision = await self._republish(message, failures)
             elif decision == "retry-later":
                 decision = await self._republish(message, failures + 1, later=True)
+            elif decision == "defer":
+                decision = await self._republish(message, failures, later=True, shortest=True)
             if decision == "ack":
                 await message.ack()
             else:
@@ -294,7 +298,12 @@ class Worker:
             log.info("message.settled", decision=decision)
 
     async def _republish(
-        self, message: AbstractIncomingMessage, failures: int, *, later: bool = False
+        self,
+        message: AbstractIncomingMessage,
+        failures: int,
+        *,
+        later: bool = False,
+        shortest: bool = False,
     ) -> Decision:
         """A confirmed copy carrying the failures so far: then the original may be acked.
 
@@ -307,8 +316,10 @@ class Worker:
         exchange, routing_key, wait = publisher.exchange, ROUTING_KEY, 0.0
         if later:
             if publisher.retry_exchange is None:  # no waits at all: retried at once
-                return "requeue"
-            exchange, wait = publisher.retry_exchange, self.retries.wait_after(failures)
+                # A deferred copy would come straight back, counted: drop it instead.
+                return "ack" if shortest else "requeue"
+            exchange = publisher.retry_exchange
+            wait = self.retries.distinct[0] if shortest else self.retries.wait_after(failures)
             routing_key = publisher.names.delay_queue(wait)
         headers = {
             key: value

@@ -52,11 +52,12 @@ async def submit(
     A new job claims the date (:meth:`Lifecycle.claim`), then is published; the request
     answers 202 only once the broker confirmed the message. A claim supersedes lazily: a
     running older job goes on until the new one starts, so if the publish fails the new
-    job ends (``failed``, its claim ended) and nothing else has changed: the request
-    answers 503 having undone nothing. A queued job that never started and has waited
-    longer than ``stale_after`` (its message may never have been confirmed: an API that
-    died between claiming and publishing) is published again on a plain request; a second
-    copy of a message is harmless (the consumer drops it).
+    claim is withdrawn (the one it replaced restored) and the new job ends ``failed``:
+    the request answers 503 having changed nothing else. Once published, a replaced job
+    that never started is ended (:meth:`Lifecycle.retire`). A queued job that never
+    started and has waited longer than ``stale_after`` (its message may never have been
+    confirmed: an API that died between claiming and publishing) is published again on a
+    plain request; a second copy of a message is harmless (the consumer defers or drops it).
 
     Callers shield this from cancellation: a client that disconnects must not leave a
     claim half made.
@@ -65,9 +66,10 @@ async def submit(
     def reuse(job: JobState, age: timedelta | None) -> bool:
         return not force and job.status in _REUSED_STATUSES and not is_stuck(job, age, stale_after)
 
-    job, created, age = await lifecycle.claim(day, force=force, reuse=reuse, partial=partial)
+    claimed = await lifecycle.claim(day, force=force, reuse=reuse, partial=partial)
+    job, age = claimed.job, claimed.age
     message = JobMessage(job_id=job.job_id, date=day, force=job.force)
-    if not created:
+    if not claimed.created:
         if job.status == "queued" and job.attempts == 0 and age is not None and age > stale_after:
             try:
                 await publisher.publish(message)
@@ -79,8 +81,12 @@ async def submit(
     try:
         await publisher.publish(message)
     except BaseException:
-        # Not queued: end this claim (and only it); the older job, if any, runs on.
-        await lifecycle.end(job.job_id, day, "the broker did not confirm the job: try again")
+        # Not queued: undo this claim (and only it); the date is as it was.
+        await lifecycle.withdraw(claimed, "the broker did not confirm the job: try again")
         raise
     log.info("job.published", job_id=job.job_id, date=day.isoformat(), force=force)
+    try:
+        await lifecycle.retire(claimed)
+    except Exception as error:  # noqa: BLE001 - the new job stands; a delivery of the old ends it
+        log.warning("job.retire_failed", job_id=job.job_id, error=repr(error))
     return Submission(job=job, created=True)

@@ -38,6 +38,10 @@ MODEL: Final = "tests/unit/test_lifecycle_model.py::TestLifecycle"
 DUPLICATE: Final = (
     "tests/unit/test_lifecycle_model.py::test_a_copy_of_a_message_while_its_job_runs_is_dropped"
 )
+UPGRADE: Final = (
+    "tests/unit/test_lifecycle_model.py::"
+    "test_a_claim_over_a_version_1_manifest_takes_a_higher_generation_and_commits"
+)
 FENCING: Final = "tests/integration/test_fencing.py"
 RACES: Final = "tests/integration/test_races.py"
 PROFILE: Final = "mutate"
@@ -112,6 +116,7 @@ MUTATIONS: Final = (
                 uuid.uuid4().hex, day, force=force,
                 generation=(state.claim.generation if state.claim else 0) + 1,
             )""",
+        (MODEL, UPGRADE, FENCING, RACES),
     ),
     Mutation(
         "_final writes over a final state",
@@ -255,13 +260,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bus-stats-mutate-") as scratch:
         copy = Path(scratch) / "tree"
         _copy(copy)
+        broken: set[str] = set()
         if not args.skip_baseline:
-            tests = tuple(sorted({test for m in chosen for test in m.tests}))
-            failed, seconds = _run_tests(copy, tests, args.timeout)
-            if failed is not None:
-                print(f"the unmutated tree fails {failed} ({seconds:.0f} s): nothing to prove")
-                return 2
-            print(f"baseline: {len(tests)} test targets pass unmutated ({seconds:.0f} s)")
+            for test in dict.fromkeys(test for m in chosen for test in m.tests):
+                failed, seconds = _run_tests(copy, (test,), args.timeout)
+                if failed is None:
+                    print(f"baseline: {test} passes unmutated ({seconds:.0f} s)", flush=True)
+                    continue
+                if test == MODEL:
+                    print(f"the unmutated tree fails {failed}: nothing to prove")
+                    return 2
+                print(f"baseline: {failed} unmutated ({seconds:.0f} s): not used", flush=True)
+                broken.add(test)
         rows: list[tuple[str, str, str, str, float]] = []
         for mutation in chosen:
             target = copy / mutation.path
@@ -271,7 +281,8 @@ def main() -> int:
                 continue
             target.write_text(original.replace(mutation.old, mutation.new))
             try:
-                caught_by, seconds = _run_tests(copy, mutation.tests, args.timeout)
+                tests = tuple(test for test in mutation.tests if test not in broken)
+                caught_by, seconds = _run_tests(copy, tests, args.timeout)
             finally:
                 target.write_text(original)
             verdict = "caught" if caught_by is not None else "SURVIVED"

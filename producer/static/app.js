@@ -254,8 +254,11 @@
     else if (d.committed) view = "committed";
     else if (job && job.status === "failed") view = "failed";
     else if (job && job.status === "succeeded") view = "committed"; // its data comes with the reload
+    // Partial: the committed data came from a job run while its day was still running.
+    const committedBy = d.committed ? d.committed.job_id : job && job.job_id;
     const partial = view === "committed"
-      ? Boolean(d.partial || (d.committed && d.committed.partial) || (!d.committed && job && job.partial))
+      ? Boolean(d.partial || (d.committed && d.committed.partial)
+        || (job && job.job_id === committedBy && job.partial))
       : Boolean(job && job.partial);
     return { date: d.date, state: view, job, committed: d.committed, partial };
   }

@@ -154,8 +154,8 @@ async def test_replay_dead_letters_queues_new_jobs_and_keeps_poison(
     lifecycle = Lifecycle(store, Layout(), stale_after=timedelta(seconds=60))
     day, other_day = date(2024, 1, 1), date(2024, 1, 2)
     # A dead job that still holds its date's claim, and one overtaken by a newer job.
-    dead, _, _ = await lifecycle.claim(day, force=False, reuse=NEVER)
-    overtaken, _, _ = await lifecycle.claim(other_day, force=False, reuse=NEVER)
+    dead = (await lifecycle.claim(day, force=False, reuse=NEVER)).job
+    overtaken = (await lifecycle.claim(other_day, force=False, reuse=NEVER)).job
     await lifecycle.claim(other_day, force=True, reuse=NEVER)
     for job in (dead, overtaken):
         message = JobMessage(job_id=job.job_id, date=job.date)

@@ -35,7 +35,7 @@ import os
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -532,6 +532,11 @@ async def test_the_page_requests_dates_and_shows_their_statistics(
             await check_recent_jobs(page, job_ids)
             await check_csv(page, expected)
             await page.mouse.move(0, 0)
+            await page.select_option("#jobs-status", "")
+            await page.wait_for_function(
+                "n => document.querySelectorAll('#jobs-table tbody tr').length === n",
+                arg=len(job_ids),
+            )
             await page.screenshot(path=shots / "page-desktop.png", full_page=True)
 
             await check_chosen_range(page, expected)
@@ -625,6 +630,25 @@ async def test_every_view_tells_the_same_progress_while_a_job_runs(
                 "#jobs-table tbody tr", "rows => rows.map(r => r.dataset.status)"
             )
             assert recent == ["succeeded"] * len(days)
+
+            # Today, fetched while it runs: shown as partial wherever it appears.
+            today = datetime.now(UTC).date()
+            url = f"{api.url}/process-request?date={today}&allow_partial=true"
+            async with aiohttp.ClientSession() as http, http.post(url) as answer:
+                assert answer.status == 202, await answer.text()
+            await page.goto(f"{api.url}/?from={today}&to={today}")
+            await page.wait_for_selector(
+                f"#date-strip button[data-date='{today}'][data-state='committed']"
+                "[data-partial='true']",
+                timeout=JOB_DEADLINE_MS,
+            )
+            assert await list_items(page, "#partial-list") == [str(today)]
+            await page.wait_for_selector("#stats-table tbody tr")
+            dates = await page.eval_on_selector_all(
+                "#stats-table tbody td:first-child", "cells => cells.map(c => c.textContent)"
+            )
+            assert dates
+            assert all(text == f"{today} partial" for text in dates), dates
             assert watch.errors == []
 
 

@@ -26,3 +26,5 @@ def test_the_delivery_limit_caps_the_retries() -> None:
     assert retries.next_attempt_at(now, 1) == now + timedelta(seconds=1)
     assert retries.next_attempt_at(now, 2) == now + timedelta(seconds=2)
     assert retries.next_attempt_at(now, 3) is None
+    assert retries.retry_after(2) == 2
+    assert retries.retry_after(3) is None

@@ -804,3 +804,33 @@ def test_a_copy_of_a_message_while_its_job_runs_is_dropped() -> None:
         assert state.committed is not None
     finally:
         machine.teardown()
+
+
+def test_a_claim_over_a_version_1_manifest_takes_a_higher_generation_and_commits() -> None:
+    """Issue 17 (3): a date committed before the arbiter (a bare manifest at generation 5,
+    no pointer): the next claim is above it, so its run commits instead of standing down."""
+    machine = LifecycleMachine()
+    day = DAYS[0]
+    old_job, old_run = "a" * 32, "b" * 32
+    key = LAYOUT.city_object(day, 5, old_job, old_run, 1, codec="none")
+    etag = machine.loop.run_until_complete(machine.memory.put(key, b"{}\n"))
+    city = CityObject(city_id=1, name="c", country="XX", key=key, etag=etag, records=1, bytes=3)
+    manifest = Manifest(
+        date=day, job_id=old_job, run_id=old_run, generation=5, fetched_at=utc_now(), cities=[city]
+    )
+    done = JobState.queued(old_job, day, force=False, generation=5)
+    done = done.model_copy(update={"status": "succeeded"})
+    for where, body in ((LAYOUT.manifest(day), manifest), (LAYOUT.job(old_job), done)):
+        machine.loop.run_until_complete(machine.memory.put(where, body.model_dump_json().encode()))
+    try:
+        machine.request(day, force=True)
+        _through(machine, "request-force")
+        machine.deliver(0, redelivered=True, last=False, cities=1)
+        _through(machine, "redelivery")
+        state = machine._date_state(day)
+        assert state is not None
+        assert state.committed is not None
+        assert state.committed.job_id != old_job, "\n".join(machine.trace)
+        assert state.committed.generation > 5
+    finally:
+        machine.teardown()

@@ -12,6 +12,7 @@ from common.messages import (
     CONTENT_TYPE,
     MESSAGE_TYPE,
     JobMessage,
+    NewerMessageError,
     UndecodableMessageError,
     decode_job,
 )
@@ -63,7 +64,6 @@ def valid(**changes: object) -> bytes:
 @pytest.mark.parametrize(
     "body",
     [
-        valid(version=2),
         valid(version=0),
         valid(version="v1"),
         valid(version=None),
@@ -112,3 +112,16 @@ def test_message_is_frozen() -> None:
     with pytest.raises(ValidationError, match="frozen"):
         message.force = True  # type: ignore[misc]  # assigning to a frozen model on purpose
     assert message.force is False
+
+
+def test_a_newer_message_names_its_job_so_the_job_can_say_why_it_stopped() -> None:
+    with pytest.raises(NewerMessageError, match="newer version 2") as raised:
+        decode_job(valid(version=2, shape="whatever version 2 says"))
+    assert (raised.value.job_id, raised.value.date) == (JOB, date(2024, 1, 1))
+    assert isinstance(raised.value, UndecodableMessageError)
+
+
+def test_a_newer_message_with_unknown_fields_names_no_job() -> None:
+    with pytest.raises(NewerMessageError) as raised:
+        decode_job(valid(version=3, job_id="../x", date="soon"))
+    assert (raised.value.job_id, raised.value.date) == (None, None)
