@@ -63,7 +63,8 @@ async def put_conditionally(store: ObjectStore, key: str, body: bytes, etag: str
     """Write ``body`` over the version ``etag`` of ``key`` (``None``: only if absent).
 
     Returns the new ETag. Raises :class:`WriteConflictError` when another write came
-    first (``412``, ``409``, or ``404`` for ``If-Match`` on a key deleted meanwhile). A
+    first (``412``, or ``404`` for ``If-Match`` on a key deleted meanwhile); a ``409``
+    that left the object as it was (a race nobody won) is tried again. A
     write whose answer was lost is resolved by reading the key back; if the store stays
     unreachable the error goes up, and the write may or may not have taken effect (the
     caller's next read tells).
@@ -79,6 +80,11 @@ async def put_conditionally(store: ObjectStore, key: str, body: bytes, etag: str
             stored = await store.get(key)
             if stored is not None and stored.body == body:
                 return stored.etag
+            if (None if stored is None else stored.etag) == etag:
+                # Unchanged: a 409 ConditionalRequestConflict (another conditional write
+                # raced this one and neither won), not a lost race: try again.
+                last_error = conflict
+                continue
             raise conflict from None
         except Exception as error:
             if _refused(error):

@@ -9,6 +9,7 @@ SIGTERM cancels the task like any other: shutdown never waits for a connection.
 """
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Final
 
@@ -109,6 +110,11 @@ class Connections:
         Waits only for the end of the first attempt (bounded), like the broker's ping.
         """
         await self.s3.wait_attempted(PING_WAIT_SECONDS)
+        if self.s3.connected and not self._s3_ready.is_set():
+            # Reached, and its conditional writes are being probed: a moment more.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PING_WAIT_SECONDS):
+                    await self._s3_ready.wait()
         if not self._s3_ready.is_set():
             raise NotConnectedError(self.s3.summary())
         await self._store.ping()

@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 from quart import Blueprint, Response, request
 from quart_schema import document_querystring, document_response
 
-from common.jobs import JobStore
+from common.jobs import NEWER_VERSION, JobStore, NewerVersionError
 from common.lifecycle import Lifecycle
 from common.models import JobState, JobStatus
 from producer.http import ApiError, ErrorBody, json_response, parse_flag
@@ -69,6 +69,7 @@ class JobView(BaseModel):
 @document_response(JobAccepted, 200)
 @document_response(ErrorBody, 400)
 @document_response(ErrorBody, 401)
+@document_response(ErrorBody, 409)
 @document_response(ErrorBody, 503)
 async def process_request() -> Response:
     """Queue the gathering of every city's data for a date (or return the date's job)."""
@@ -93,6 +94,8 @@ async def process_request() -> Response:
                 partial=requested.partial,
             )
         )
+    except NewerVersionError as error:
+        raise ApiError(409, f"date {day}: {NEWER_VERSION}; upgrade this API") from error
     except PublishError as error:
         raise ApiError(503, f"the job could not be queued, try again: {error}") from error
     job = submission.job

@@ -8,6 +8,7 @@ from datetime import date, timedelta
 
 import pytest
 
+from common.codec import CONTENT_TYPES, SUFFIXES, compress
 from common.jobs import DateLedger, JobStore, ManifestStore
 from common.layout import Layout
 from common.lifecycle import Lifecycle
@@ -45,9 +46,15 @@ async def hold(store: S3Store, *, claim: int | None, lease: int | None, day: dat
     await ledger.swap(state.model_copy(update=update), etag)
 
 
+def record_key(key: str) -> str:
+    """The completion record beside a city object (``city=1.jsonl.zst``: ``city=1.json``)."""
+    return key.removesuffix(SUFFIXES["zstd"]) + ".json"
+
+
 async def write_city(store: S3Store, generation: int, city_id: int, day: date = DAY) -> str:
     key = LAYOUT.city_object(day, generation, job_id(generation), RUN, city_id, codec="zstd")
-    await store.put(key, b'{"city_id":1}\n', content_type="application/x-ndjson")
+    body = compress(b'{"city_id":1}\n', "zstd")
+    await store.put(key, body, content_type=CONTENT_TYPES["zstd"])
     record = LAYOUT.city_record(day, generation, job_id(generation), RUN, city_id)
     await store.put(record, b"{}")
     return key
@@ -103,7 +110,7 @@ async def test_a_commit_sweeps_its_generation_and_older_but_never_a_newer_claim(
 
     counts = await Sweeper(store, LAYOUT).after_commit(manifest)
 
-    record_of = {key: key.removesuffix("l") for key in (newer, other_date)}
+    record_of = {key: record_key(key) for key in (newer, other_date)}
     assert await keys(store) == {kept, newer, other_date, *record_of.values()}
     assert legacy not in await keys(store)
     assert older not in await keys(store)
@@ -135,10 +142,10 @@ async def test_the_final_sweep_keeps_active_jobs_whatever_their_age(store: S3Sto
     remaining = await keys(store)
     assert kept in remaining
     assert {running, queued} <= remaining
-    assert {running.removesuffix("l"), queued.removesuffix("l")} <= remaining
+    assert {record_key(running), record_key(queued)} <= remaining
     assert failed not in remaining
     assert no_state not in remaining
-    assert kept.removesuffix("l") not in remaining  # a committed city's record is done with
+    assert record_key(kept) not in remaining  # a committed city's record is done with
     assert await uploads(store) == {running_upload}
     assert failed_upload not in await uploads(store)
 
@@ -167,7 +174,7 @@ async def test_deleting_a_job_touches_no_other_job(store: S3Store) -> None:
     lifecycle = Lifecycle(store, LAYOUT, stale_after=timedelta(seconds=60))
     deleted = await lifecycle.delete_job_data(DAY, 1, job_id(1))
 
-    assert await keys(store) == {theirs, theirs.removesuffix("l")}
+    assert await keys(store) == {theirs, record_key(theirs)}
     assert mine not in await keys(store)
     assert upload not in await uploads(store)
     assert deleted == 2
