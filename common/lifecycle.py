@@ -201,9 +201,13 @@ class Lifecycle:
     async def withdraw(self, claimed: Claimed, reason: str) -> JobState | None:
         """The new job's message was never confirmed: undo its claim, end it, change nothing else.
 
-        The claim it replaced is restored (its generation stays used: the date's floor
-        keeps it), unless the new job already took the lease (its message did arrive after
-        all): then it runs, and the date gets fresh data.
+        The claim it replaced is restored when that job holds the lease (it runs, or waits
+        between two deliveries): it goes on as if the request never came; the withdrawn
+        generation stays used (the date's floor keeps it). A replaced job that holds no
+        lease is not brought back: a sweep that read the date meanwhile took it for dead,
+        and it must stay so (its next delivery ends it; a plain request makes a new job).
+        If the new job already took the lease (its message did arrive after all), it runs
+        and the date gets fresh data.
         """
         job = claimed.job
         for _ in range(_RACES):
@@ -213,10 +217,16 @@ class Lifecycle:
                 return None
             if state.claim is None or state.claim.job_id != job.job_id:
                 break
-            update = {
-                "claim": claimed.previous,
-                "floor": max(state.floor, job.generation),
-            }
+            previous = claimed.previous
+            if (
+                previous is not None
+                and state.run is not None
+                and state.run.job_id == previous.job_id
+            ):
+                claim: Claim = previous
+            else:
+                claim = state.claim.model_copy(update={"ended": True})
+            update = {"claim": claim, "floor": max(state.floor, job.generation)}
             try:
                 await self.dates.swap(state.model_copy(update=update), etag)
             except WriteConflictError:

@@ -60,9 +60,17 @@ class _Owners:
             return True
         if self.state is None or owner.job_id is None:
             return False
-        if owner.generation > self.state.top_generation:
-            return False  # a claim made after the state was read: it may be running
-        return not Lifecycle.may_commit(self.state, owner.job_id, owner.generation)
+        state = self.state
+        known = max(
+            state.claim.generation if state.claim else 0,
+            state.run.generation if state.run else 0,
+            state.committed.generation if state.committed else 0,
+        )
+        if owner.generation > known:
+            # A claim made after the state was read (a rebuilt state's floor may already
+            # count its objects): it may be running.
+            return False
+        return not Lifecycle.may_commit(state, owner.job_id, owner.generation)
 
 
 class Sweeper:

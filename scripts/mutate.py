@@ -42,6 +42,7 @@ UPGRADE: Final = (
     "tests/unit/test_lifecycle_model.py::"
     "test_a_claim_over_a_version_1_manifest_takes_a_higher_generation_and_commits"
 )
+HEARTBEAT: Final = "tests/unit/test_heartbeat_fencing.py"
 FENCING: Final = "tests/integration/test_fencing.py"
 RACES: Final = "tests/integration/test_races.py"
 PROFILE: Final = "mutate"
@@ -196,14 +197,14 @@ MUTATIONS: Final = (
         """                await self.run.check()
                 await self._save(force=True)""",
         """                await self._save(force=True)""",
-        (FENCING, RACES),
+        (HEARTBEAT, FENCING, RACES),
     ),
     Mutation(
         "heartbeat never stands down (fenced work goes on)",
         "consumer/handler.py",
         """                    work.cancel("fenced: another run or an ending took over")""",
         """                    pass""",
-        (FENCING, RACES),
+        (HEARTBEAT, FENCING, RACES),
     ),
 )
 
@@ -285,7 +286,7 @@ def main() -> int:
                 caught_by, seconds = _run_tests(copy, tests, args.timeout)
             finally:
                 target.write_text(original)
-            verdict = "caught" if caught_by is not None else "SURVIVED"
+            verdict = "caught" if caught_by is not None else "SURVIVED" if tests else "UNTESTED"
             rows.append((mutation.name, mutation.path, caught_by or "-", verdict, seconds))
             print(f"{verdict:8} {mutation.name} ({seconds:.0f} s)", flush=True)
     print()

@@ -19,6 +19,7 @@
 (() => {
   const DAY_SECONDS = 86400;
   const POLL_MS = 1000;
+  const LIST_POLL_EVERY = 5;
   const MAX_REQUEST_DATES = 31;
   const DEFAULT_DAYS = 30;
   const JOBS_PAGE = 20;
@@ -35,7 +36,7 @@
   const state = {
     from: null, to: null, country: "", userRange: false,
     rows: [], missing: [], dates: [], charts: [], failed: false,
-    polling: null, jobsCursor: null, loadSeq: 0, readRefused: false,
+    polling: null, pollRound: 0, jobsCursor: null, loadSeq: 0, readRefused: false,
     jobList: [], // job ids of Recent jobs, in the order listed
     requested: [], // job ids requested from this page (the progress table)
     notes: new Map(), // job id -> a note of this page ("existing job", "progress unavailable")
@@ -271,14 +272,16 @@
     }
   }
 
-  /** Jobs still at work that some view shows: polled until they end. */
-  function activeJobIds() {
+  /** Jobs still at work that some view shows: polled until they end. Those requested
+   * here or in the range every time; those only in Recent jobs (which may list many old
+   * queued jobs) every LIST_POLL_EVERY-th time. */
+  function activeJobIds(everything = true) {
     const ids = new Set(state.requested);
     for (const d of state.dates) {
       const id = state.newestJob.get(d.date);
       if (id) ids.add(id);
     }
-    for (const id of state.jobList) ids.add(id);
+    if (everything) for (const id of state.jobList) ids.add(id);
     return [...ids].filter((id) => jobs.has(id) && !FINISHED.has(jobs.get(id).status));
   }
 
@@ -823,7 +826,8 @@
 
   async function poll() {
     let ended = false;
-    for (const id of activeJobIds()) {
+    state.pollRound += 1;
+    for (const id of activeJobIds(state.pollRound % LIST_POLL_EVERY === 0)) {
       try {
         const { body } = await api(`jobs/${encodeURIComponent(id)}`);
         learnJob(body);

@@ -6,25 +6,40 @@ Moto S3 endpoint that can be restarted (:class:`tests.integration.s3_server.Rest
 its backend survives, like a real store's disks). The consumers' wall clocks differ: one
 runs an hour ahead, one an hour behind (libfaketime), so nothing may rest on clocks.
 
-A seed (``CHAOS_SEED``; the test runs the seeds of ``CHAOS_SEEDS=1,2,3``, or
-``CHAOS_RUNS=N`` for seeds 1..N, else the fixed :data:`DEFAULT_SEEDS`) draws a schedule of
-timed steps: plain POSTs and POSTs with ``force=true`` (some only once a job of the date
-runs), SIGKILL and SIGTERM of consumers and restarts of their slots (each with its own
-clock), the broker closing every connection of the namespace (``rabbitmqctl``), windows of
-simulator faults (5xx, hanging requests cut by the 4 s read timeout, truncated bodies)
-and of a city failing for good, a restart of the S3 endpoint mid-upload, and reads of
-``/country-stats`` (each must answer 503 or the oracle's figures, never wrong ones). Two
-messages no consumer can decode are published first.
+A seed (``CHAOS_SEED``; the test runs the seeds of ``CHAOS_SEEDS=1,2,3`` or
+``CHAOS_SEEDS=1-20``, or ``CHAOS_RUNS=N`` for seeds 1..N, else the fixed
+:data:`DEFAULT_SEEDS`) draws a schedule of timed steps: plain POSTs and POSTs with
+``force=true`` (some only once a job of the date runs), SIGKILL and SIGTERM of consumers
+and restarts of their slots (each with its own clock), the broker closing every
+connection of the namespace (``rabbitmqctl``), pauses (SIGSTOP, then SIGCONT seconds
+later) of a busy consumer and of the API, silent partitions (:mod:`.tcp_proxy`: no FIN, no
+RST) of a busy consumer's link to the broker or to S3, windows of S3 faults from the
+proxy every process reaches S3 through (:mod:`.s3_proxy`: 409 ConditionalRequestConflict,
+503 SlowDown, answers lost after the write took effect, delays), windows of simulator
+faults (5xx, hanging requests cut by the 4 s read timeout, truncated bodies) and of a city
+failing for good, a restart of the S3 endpoint mid-upload, and reads of
+``/country-stats`` (each must answer 503 or the oracle's figures, never wrong ones, and
+account for every date: none committed before the read may be called missing). The
+consumers' broker heartbeat is 2 s, so a paused or cut-off consumer loses its deliveries
+to another while it still believes it runs them. Two messages are published first: one no
+consumer can decode (dead-lettered) and one of a newer version (its job ended, acked).
+Faults wait (a few seconds at most) for work in flight, and a seed in which none hit a
+running job fails: at least one job superseded, one run resumed, one consumer killed or
+stopped mid-job.
 
-Then the system is brought to rest (every slot running, a plain POST per date; polled
+While it runs, every job state is sampled: a ``succeeded`` or ``failed`` job never
+changes. Then the system is brought to rest (every pause and partition over, every slot
+running, a plain POST per date, and plain POSTs again for dates whose job failed; polled
 with a deadline, never slept on) and the invariants of :mod:`tests.integration.invariants`
-are checked: every job final, failed ones with a reason, supersession pointing forward;
-per date, the newest claim wins and the committed version belongs to a succeeded job;
-every date with a succeeded job answers 200 and equals the oracle; every committed
-object exists with its manifest's ETag; after ``python -m consumer sweep`` nothing is
-left that no manifest references (objects, completion records, partials, uploads);
-every dead letter is explained by a failed job (the undecodable ones aside); the job
-queue is empty; every consumer stops cleanly on SIGTERM.
+are checked: every job final (none ``queued`` or ``running`` without a message or a run),
+failed ones with a reason, supersession pointing forward; every date committed (no
+``force`` needed), by its newest succeeded job at the highest generation; the committed
+version belongs to a succeeded job; every date answers 200 and equals the oracle, and
+``verify=true`` is ok; every committed object exists with its manifest's ETag; after
+``python -m consumer sweep`` nothing is left that no manifest references (objects,
+completion records, partials, uploads); every dead letter is explained by a failed job
+(the undecodable one aside); the job queue is empty; every consumer stops cleanly on
+SIGTERM. No process is ever left SIGSTOPped, whatever fails.
 
 A failing seed reports its schedule, what each step did, and the command that replays it.
 The timing of the steps replays; what the processes do in between is up to the machine.
@@ -813,6 +828,7 @@ async def test_chaos_invariants_hold(
             problems = await check(chaos, amqp)
         except BaseException as error:
             error.add_note(chaos.report())
+            error.add_note("consumer logs:\n" + "\n".join(map(chaos.story, chaos.plan.days)))
             raise
         if problems:
             days = [day for day in chaos.plan.days if any(str(day) in p for p in problems)]

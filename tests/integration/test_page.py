@@ -17,7 +17,8 @@ progress, and check what an analyst sees:
 - an input error (typed or answered by the API) clears the earlier results;
 - one truth for a running job: the progress table, Recent jobs, the date strip and the
   lists of dates say the same ("running, k of n"), never "missing" or "queued 0 of ?";
-- a failed job's reason, as the API words it, in every view;
+- a failed job's reason, as the API words it, in every view; a job waiting after a failed
+  attempt says when it is tried next; a day fetched while running shows as partial;
 - the token: asked for on a 401 (a write, or a read with ``BUSSTATS_API_READ_TOKEN``)
   and then sent with every request;
 - the phone layout and the self-hosted API reference.
@@ -694,6 +695,47 @@ async def test_a_failed_job_says_why_in_every_view(
             assert recent[-1] == reason
             assert watch.errors == []
             assert not RAW_EXCEPTION.search(reason), f"the API's reason is not in words: {reason}"
+
+
+async def test_a_job_waiting_to_retry_says_when(
+    settings: Settings, amqp: AbstractRobustConnection, browser: Browser
+) -> None:
+    """Every city fails its first attempt: the job waits (queued, ``next_attempt_at``) and
+    every view says when it is tried again; then it succeeds."""
+    config = SimulatorConfig(
+        seed=4, cities=3, countries=1, records_min=5, records_max=10, latency_max=0.0,
+        fail_rate=1.0, fail_attempts=1,
+    )  # fmt: skip
+    async with serve(config) as simulator:
+        settings = settings.model_copy(
+            update={
+                "reference_url": simulator.url,
+                "retry_attempts": 1,
+                "retry_delays_seconds": "15",
+            }
+        )
+        api = await start_api(settings)
+        consumer = await start_consumer(settings)
+        async with running(api.service, consumer):
+            watch = Watch(origin=api.url)
+            page = await open_page(browser, api, watch, DESKTOP, path=f"/?from={DAY}&to={DAY}")
+            await request_dates(page, [DAY])
+            waiting = "#progress-table tr[data-status=queued] td.error-cell"
+            await page.wait_for_function(
+                f"() => document.querySelector('{waiting}')?.textContent.startsWith('next')",
+                timeout=JOB_DEADLINE_MS,
+            )
+            (job_id,) = await page.eval_on_selector_all(
+                "#progress-table tbody tr", "rows => rows.map(r => r.dataset.jobId)"
+            )
+            views = await views_of(page, job_id)
+            note = await page.inner_text(waiting)
+            assert re.fullmatch(r"next attempt at \d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC", note)
+            assert views["strip"]["state"] == "queued"
+            assert f"queued, {note}" in views["strip"]["title"]
+            assert views["fetching"]["text"] == f"{DAY}: queued, {note}"
+            await wait_for_jobs(page, "succeeded", 1)
+            assert watch.errors == []
 
 
 async def test_the_form_asks_for_the_token_when_the_api_has_one(

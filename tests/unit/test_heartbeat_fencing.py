@@ -34,7 +34,7 @@ async def test_a_run_whose_lease_is_cleared_stops_at_its_next_heartbeat() -> Non
     def reuse(_job: JobState, _age: timedelta | None) -> bool:
         return False
 
-    job, _, _ = await lifecycle.claim(DAY, force=False, reuse=reuse)
+    job = (await lifecycle.claim(DAY, force=False, reuse=reuse)).job
     run = await lifecycle.start(job.job_id, DAY)
     assert isinstance(run, Run)
     # An ending's first write: the lease is cleared; the job's state is not written yet.

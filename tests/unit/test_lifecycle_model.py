@@ -283,9 +283,12 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.finals: dict[str, bytes] = {}
         self.committed: dict[date, Manifest] = {}
         self.generations: dict[tuple[date, int], str] = {}
-        self.last_claim: dict[date, tuple[str, int]] = {}
+        self.claimed_of: dict[date, set[str]] = {}
+        self.top_of: dict[date, int] = {}
         self.requested: set[date] = set()
         self.refused: set[str] = set()  # jobs whose request answered 503
+        self.accepted: set[str] = set()  # jobs whose request answered 202, a new job
+        self.claims: set[str] = set()  # every job seen as its date's claim
 
     # -- actors ---------------------------------------------------------------------------
 
@@ -350,6 +353,8 @@ class LifecycleMachine(RuleBasedStateMachine):
                 self.refused.add(refused.job_id)
                 raise
             self.trace.append(f"{gate.name}: job {done.job.job_id} created={done.created}")
+            if done.created:
+                self.accepted.add(done.job.job_id)
 
         return body
 
@@ -569,10 +574,19 @@ class LifecycleMachine(RuleBasedStateMachine):
                 self._fail(f"{day}: the committed job {committed.job_id} is {job and job.status}")
         if state is not None and state.claim is not None:
             claim = state.claim
-            last = self.last_claim.get(day)
-            if last is not None and last[0] != claim.job_id and claim.generation <= last[1]:
-                self._fail(f"{day}: claim of generation {claim.generation} after {last[1]}")
-            self.last_claim[day] = (claim.job_id, claim.generation)
+            self.claims.add(claim.job_id)
+            # A new claim takes a generation above everything the date has seen; a
+            # withdrawn claim may give the date back to the claim it replaced (seen before).
+            seen = self.claimed_of.setdefault(day, set())
+            top = self.top_of.get(day, 0)
+            if claim.job_id not in seen and claim.generation <= top:
+                self._fail(f"{day}: a new claim of generation {claim.generation} after {top}")
+            seen.add(claim.job_id)
+        if state is not None:
+            top = self.top_of.get(day, 0)
+            if state.top_generation < top:
+                self._fail(f"{day}: the date's generations went back to {state.top_generation}")
+            self.top_of[day] = state.top_generation
 
     # -- the end: every actor runs out, then a user's plain request per date --------------
 
@@ -655,6 +669,8 @@ class LifecycleMachine(RuleBasedStateMachine):
             job = jobs.get(job_id)
             if job is not None and job.status not in FINAL_STATUSES:
                 self._fail(f"job {job_id} was left {job.status} with nothing to run it", job_id)
+        for job_id in sorted(self.accepted - self.claims):
+            self._fail(f"job {job_id} was answered 202 but never was its date's claim", job_id)
         for job in jobs.values():
             if not self.check_refused:
                 break
@@ -702,11 +718,6 @@ def _through(machine: LifecycleMachine, prefix: str) -> None:
     machine.lifecycle_holds()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="protocol finding: the final sweep decides on a date state read before a newer "
-    "claim; it must keep every generation above that state's top_generation",
-)
 def test_a_final_sweep_never_deletes_what_a_newer_claim_wrote_after_it_read_the_date() -> None:
     """The final sweep reads the date, pauses; a new claim's run writes; the sweep lists."""
     machine = LifecycleMachine()
@@ -728,11 +739,6 @@ def _job(machine: LifecycleMachine, job_id: str) -> JobState:
     return machine._jobs()[job_id]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="protocol finding: a refused force still supersedes an older job that is queued "
-    "between two deliveries (its next delivery finds the ended claim of the refused job)",
-)
 def test_a_refused_force_leaves_a_job_waiting_for_its_next_delivery_as_it_was() -> None:
     """Issue 17 (2): a 503'd force supersedes nothing, even a job between two attempts."""
     machine = LifecycleMachine()
@@ -759,11 +765,6 @@ def test_a_refused_force_leaves_a_job_waiting_for_its_next_delivery_as_it_was() 
         machine.teardown()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="protocol finding: a claim never published (the API died before its publish) and "
-    "replaced by a newer claim stays queued for good: nothing ends it",
-)
 def test_a_claim_replaced_before_its_publish_does_not_stay_queued() -> None:
     """The API dies between claim and publish; a force replaces the claim and commits."""
     machine = LifecycleMachine()
