@@ -119,14 +119,20 @@ def _version_of(raw: object) -> int | None:
     return None
 
 
-def parse_job_state(body: bytes, job_id: str) -> JobState:
+def _load(body: bytes, what: str, newest: int) -> tuple[Any, int | None]:
+    """JSON and its stated version; :class:`NewerVersionError` above ``newest``."""
     try:
-        raw = orjson.loads(body)
+        raw: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise UnreadableError(f"job {job_id}: not JSON") from None
+        raise UnreadableError(f"{what}: not JSON") from None
     version = _version_of(raw)
-    if version is not None and version > JOB_STATE_VERSION:
-        raise NewerVersionError(f"job state of {job_id}")
+    if version is not None and version > newest:
+        raise NewerVersionError(what)
+    return raw, version
+
+
+def parse_job_state(body: bytes, job_id: str) -> JobState:
+    raw, _ = _load(body, f"job state of {job_id}", JOB_STATE_VERSION)
     try:
         return JobState.model_validate(raw)
     except ValidationError:
@@ -229,13 +235,7 @@ def parse_date_state(day: date, body: bytes) -> DateState:
     Raises :class:`NewerVersionError` for a newer format, :class:`UnreadableError` for
     anything else that is not one of the two.
     """
-    try:
-        raw: Any = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise UnreadableError(f"date {day}: not JSON") from None
-    version = _version_of(raw)
-    if version is not None and version > DATE_STATE_VERSION:
-        raise NewerVersionError(f"date state of {day}")
+    raw, version = _load(body, f"date state of {day}", DATE_STATE_VERSION)
     try:
         if version == DATE_STATE_VERSION:
             return DateState.model_validate(raw)

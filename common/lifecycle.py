@@ -210,13 +210,15 @@ class Lifecycle:
         and the date gets fresh data.
         """
         job = claimed.job
-        for _ in range(_RACES):
-            state, etag = await self.dates.read(job.date)
+        too_late = False
+
+        def change(state: DateState) -> dict[str, Any] | None:
+            nonlocal too_late
             if state.run is not None and state.run.job_id == job.job_id:
-                log.warning("job.withdraw_too_late", job_id=job.job_id)
+                too_late = True
                 return None
             if state.claim is None or state.claim.job_id != job.job_id:
-                break
+                return None
             previous = claimed.previous
             if (
                 previous is not None
@@ -226,14 +228,12 @@ class Lifecycle:
                 claim: Claim = previous
             else:
                 claim = state.claim.model_copy(update={"ended": True})
-            update = {"claim": claim, "floor": max(state.floor, job.generation)}
-            try:
-                await self.dates.swap(state.model_copy(update=update), etag)
-            except WriteConflictError:
-                continue
-            break
-        else:
-            raise WriteConflictError(f"date {job.date}: withdraw")
+            return {"claim": claim, "floor": max(state.floor, job.generation)}
+
+        await self._change_date(job.date, change, "withdraw")
+        if too_late:
+            log.warning("job.withdraw_too_late", job_id=job.job_id)
+            return None
         now = utc_now()
         return await self._final(
             job.job_id, {"status": "failed", "error": reason, "finished_at": now, "updated_at": now}
@@ -373,10 +373,13 @@ class Lifecycle:
         :class:`FencedError`. A job the date's committed version names succeeded after all
         (a commit whose answer was lost): then nothing of it is deleted.
         """
-        for _ in range(_RACES):
-            state, etag = await self.dates.read(day)
+        committed: Manifest | None = None
+
+        def change(state: DateState) -> dict[str, Any] | None:
+            nonlocal committed
             if state.committed is not None and state.committed.job_id == job_id:
-                return await self.finish(job_id, state.committed)
+                committed = state.committed
+                return None
             if lease is not None and state.run != lease:
                 raise FencedError(f"run {lease.run_id} lost its lease")
             update: dict[str, Any] = {}
@@ -384,15 +387,11 @@ class Lifecycle:
                 update["claim"] = state.claim.model_copy(update={"ended": True})
             if state.run is not None and state.run.job_id == job_id:
                 update["run"] = None
-            if not update:
-                break
-            try:
-                await self.dates.swap(state.model_copy(update=update), etag)
-            except WriteConflictError:
-                continue
-            break
-        else:
-            raise WriteConflictError(f"date {day}: end")
+            return update or None
+
+        await self._change_date(day, change, "end")
+        if committed is not None:
+            return await self.finish(job_id, committed)
         now = utc_now()
         ended = await self._final(
             job_id,
@@ -418,6 +417,23 @@ class Lifecycle:
         now = utc_now()
         update = {"status": "failed", "error": reason, "finished_at": now, "updated_at": now}
         return await self._final(job_id, update)
+
+    async def _change_date(
+        self, day: date, change: Callable[[DateState], dict[str, Any] | None], what: str
+    ) -> None:
+        """Apply ``change`` (fields to update, or ``None``: nothing to write) to the date's
+        state by compare-and-swap, deciding again on a fresh read after each lost race."""
+        for _ in range(_RACES):
+            state, etag = await self.dates.read(day)
+            update = change(state)
+            if update is None:
+                return
+            try:
+                await self.dates.swap(state.model_copy(update=update), etag)
+            except WriteConflictError:
+                continue
+            return
+        raise WriteConflictError(f"date {day}: {what}")
 
     async def _end_quietly(self, job_id: str, day: date, *, superseded_by: str) -> None:
         try:
