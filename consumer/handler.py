@@ -102,7 +102,7 @@ class Handler:
         *,
         last_delivery: bool,
         give_up: str | None = None,
-        next_attempt_at: datetime | None = None,
+        retry_after: float | None = None,
         redelivered: bool = True,
     ) -> JobState | None:
         """Run the job; raises :class:`JobFailedError` (state saved) or re-raises cancellation.
@@ -110,15 +110,16 @@ class Handler:
         Returns the job's state when this delivery is done with it (``None``: the job has no
         state this version may touch). ``give_up``: end the job with this reason instead of
         running it (its deliveries are spent), unless it is committed already.
-        ``next_attempt_at``: when the job is tried again if this attempt fails and is
-        retried. ``redelivered``: the broker's flag (see :meth:`Lifecycle.start`).
+        ``retry_after``: how long the job waits before its next delivery if this attempt
+        fails and is retried (its state then says when: ``next_attempt_at``).
+        ``redelivered``: the broker's flag (see :meth:`Lifecycle.start`).
         """
         try:
             return await self._handle(
                 message,
                 last_delivery=last_delivery,
                 give_up=give_up,
-                next_attempt_at=next_attempt_at,
+                retry_after=retry_after,
                 redelivered=redelivered,
             )
         except NewerVersionError as newer:
@@ -130,7 +131,7 @@ class Handler:
         *,
         last_delivery: bool,
         give_up: str | None,
-        next_attempt_at: datetime | None,
+        retry_after: float | None,
         redelivered: bool,
     ) -> JobState | None:
         lifecycle = self.lifecycle
@@ -163,7 +164,7 @@ class Handler:
         self.live_runs.add(message.job_id)
         try:
             return await _Run(self, start).execute(
-                last_delivery=last_delivery, next_attempt_at=next_attempt_at
+                last_delivery=last_delivery, retry_after=retry_after
             )
         finally:
             self.live_runs.discard(message.job_id)
@@ -210,7 +211,7 @@ class _Run:
         self._records: list[CityRecord] = []
 
     async def execute(
-        self, *, last_delivery: bool, next_attempt_at: datetime | None = None
+        self, *, last_delivery: bool, retry_after: float | None = None
     ) -> JobState | None:
         clock = time.monotonic()
         metrics = self.h.metrics
@@ -230,14 +231,14 @@ class _Run:
             metrics.jobs.labels("fenced").inc()
             return None
         except JobFailedError as error:
-            await asyncio.shield(self._failed(error, last_delivery, next_attempt_at))
+            await asyncio.shield(self._failed(error, last_delivery, retry_after))
             raise
         except Exception as error:
             # S3 or a bug: retried like any transient failure, with the state saved.
             log.exception("job.crashed", run_id=self.run_id, error=repr(error))
             component = component_of(error, default="the consumer")
             failure = JobFailedError(describe(error, component=component), retryable=True)
-            await asyncio.shield(self._failed(failure, last_delivery, next_attempt_at))
+            await asyncio.shield(self._failed(failure, last_delivery, retry_after))
             raise failure from error
         finally:
             metrics.jobs_in_flight.dec()
@@ -483,7 +484,7 @@ class _Run:
         await self._release(reason)
 
     async def _failed(
-        self, error: JobFailedError, last_delivery: bool, next_attempt_at: datetime | None
+        self, error: JobFailedError, last_delivery: bool, retry_after: float | None
     ) -> None:
         """Record the failure; keep the complete cities unless it is the job's last attempt."""
         final = last_delivery or not error.retryable
@@ -499,6 +500,10 @@ class _Run:
             # Any other error goes up: the worker retries the message and its next
             # delivery, over the limit, ends the job with a saved reason.
         else:
+            # When the next delivery comes, counted from now (the attempt took its time).
+            next_attempt_at = None
+            if retry_after is not None:
+                next_attempt_at = utc_now() + timedelta(seconds=retry_after)
             await self._release(error.reason, next_attempt_at)
 
     async def _release(self, reason: str, next_attempt_at: datetime | None = None) -> None:

@@ -43,7 +43,6 @@ from common.jobs import NEWER_VERSION
 from common.logs import get_logger
 from common.messages import JobMessage, NewerMessageError, UndecodableMessageError, decode_job
 from common.misconfig import broker_refusal
-from common.models import utc_now
 from common.settings import Settings
 from common.startup import ConnectState, retry_until_up, where
 from common.storage import connect_store, ensure_bucket_until_up, s3_connect_state
@@ -256,7 +255,7 @@ class Worker:
                 job,
                 last_delivery=failures >= limit,
                 give_up=give_up,
-                next_attempt_at=self.retries.next_attempt_at(utc_now(), failures + 1),
+                retry_after=self.retries.retry_after(failures + 1),
                 redelivered=redelivered,
             )
         except asyncio.CancelledError:

@@ -43,6 +43,10 @@ UPGRADE: Final = (
     "test_a_claim_over_a_version_1_manifest_takes_a_higher_generation_and_commits"
 )
 HEARTBEAT: Final = "tests/unit/test_heartbeat_fencing.py"
+SWEEP: Final = (
+    "tests/unit/test_lifecycle_model.py::"
+    "test_a_final_sweep_never_deletes_what_a_newer_claim_wrote_after_it_read_the_date"
+)
 FENCING: Final = "tests/integration/test_fencing.py"
 RACES: Final = "tests/integration/test_races.py"
 PROFILE: Final = "mutate"
@@ -137,17 +141,15 @@ MUTATIONS: Final = (
     Mutation(
         "end() deletes before the date-state write",
         "common/lifecycle.py",
-        """        for _ in range(_RACES):
-            state, etag = await self.dates.read(day)
-            if state.committed is not None and state.committed.job_id == job_id:
-                return await self.finish(job_id, state.committed)""",
+        """        committed: Manifest | None = None
+
+        def change(state: DateState) -> dict[str, Any] | None:""",
         """        doomed = await self.jobs.get(job_id)
         if doomed is not None:
             await self.delete_job_data(day, doomed.generation, job_id)
-        for _ in range(_RACES):
-            state, etag = await self.dates.read(day)
-            if state.committed is not None and state.committed.job_id == job_id:
-                return await self.finish(job_id, state.committed)""",
+        committed: Manifest | None = None
+
+        def change(state: DateState) -> dict[str, Any] | None:""",
     ),
     Mutation(
         "end() with a lease does not check it",
@@ -187,9 +189,16 @@ MUTATIONS: Final = (
     Mutation(
         "Run.save writes over any state (no If-Match)",
         "common/lifecycle.py",
-        "            self._etag = await self._lifecycle.jobs.replace(state, self._etag)",
-        """            _, etag, _ = await self._lifecycle.jobs.read(state.job_id)
-            self._etag = await self._lifecycle.jobs.replace(state, etag or self._etag)""",
+        "                self._etag = await jobs.replace(state, self._etag)",
+        """                _, current, _ = await jobs.read(state.job_id)
+                self._etag = await jobs.replace(state, current or self._etag)""",
+    ),
+    Mutation(
+        "final sweep deletes generations claimed after it read the date",
+        "consumer/sweep.py",
+        "        if owner.generation > known:",
+        "        if False:",
+        (SWEEP, MODEL, FENCING, RACES),
     ),
     Mutation(
         "heartbeat never checks the lease",

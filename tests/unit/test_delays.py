@@ -8,19 +8,19 @@ from consumer.delays import RetrySchedule, parse_delays, schedule
 
 def test_the_default_waits_outlast_ten_minutes() -> None:
     retries = RetrySchedule.from_settings(Settings())
-    assert retries.waits == (5, 15, 45, 120, 300, 300)
+    assert retries.waits == (5.0, 15.0, 45.0, 120.0, 300.0, 300.0)
     assert sum(retries.waits) >= 600
     assert retries.limit == 6
-    assert retries.distinct == (5, 15, 45, 120, 300)
+    assert retries.distinct == (5.0, 15.0, 45.0, 120.0, 300.0)
 
 
 def test_the_last_wait_repeats_until_the_budget_is_spent() -> None:
-    assert schedule(parse_delays("1,2,4"), 15) == (1, 2, 4, 4, 4)
+    assert schedule(parse_delays("1,2,4"), 15) == (1.0, 2.0, 4.0, 4.0, 4.0)
     assert schedule(parse_delays("1,2,4"), 0.5) == ()
 
 
 def test_the_delivery_limit_caps_the_retries() -> None:
-    retries = RetrySchedule(waits=(1, 2, 4, 4), delivery_limit=2)
+    retries = RetrySchedule(waits=(1.0, 2.0, 4.0, 4.0), delivery_limit=2)
     assert retries.limit == 2
     now = datetime(2024, 1, 1, tzinfo=UTC)
     assert retries.next_attempt_at(now, 1) == now + timedelta(seconds=1)
