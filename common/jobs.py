@@ -119,8 +119,12 @@ def _version_of(raw: object) -> int | None:
     return None
 
 
-def _load(body: bytes, what: str, newest: int) -> tuple[Any, int | None]:
-    """JSON and its stated version; :class:`NewerVersionError` above ``newest``."""
+def _stated_version(body: bytes, what: str, newest: int) -> int | None:
+    """The version JSON ``body`` states; :class:`NewerVersionError` above ``newest``.
+
+    Only to read the version: orjson turns integers beyond 64 bits (legacy sums may
+    hold some) into floats, so the models are validated from the bytes by pydantic.
+    """
     try:
         raw: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -128,13 +132,13 @@ def _load(body: bytes, what: str, newest: int) -> tuple[Any, int | None]:
     version = _version_of(raw)
     if version is not None and version > newest:
         raise NewerVersionError(what)
-    return raw, version
+    return version
 
 
 def parse_job_state(body: bytes, job_id: str) -> JobState:
-    raw, _ = _load(body, f"job state of {job_id}", JOB_STATE_VERSION)
+    _stated_version(body, f"job state of {job_id}", JOB_STATE_VERSION)
     try:
-        return JobState.model_validate(raw)
+        return JobState.model_validate_json(body)
     except ValidationError:
         raise UnreadableError(f"job {job_id}: not a job state") from None
 
@@ -180,10 +184,6 @@ class JobStore:
         return await put_conditionally(
             self._store, self._layout.job(job.job_id), job.model_dump_json().encode(), etag
         )
-
-    async def discard(self, job: JobState) -> None:
-        """Delete the state of a job that never became a claim (it lost the race)."""
-        await self._store.delete([self._layout.job(job.job_id)])
 
     async def index(self, job: JobState) -> None:
         """List a new job in the index of every job and in its date's, newest first."""
@@ -235,11 +235,11 @@ def parse_date_state(day: date, body: bytes) -> DateState:
     Raises :class:`NewerVersionError` for a newer format, :class:`UnreadableError` for
     anything else that is not one of the two.
     """
-    raw, version = _load(body, f"date state of {day}", DATE_STATE_VERSION)
+    version = _stated_version(body, f"date state of {day}", DATE_STATE_VERSION)
     try:
         if version == DATE_STATE_VERSION:
-            return DateState.model_validate(raw)
-        return DateState(date=day, committed=Manifest.model_validate(raw))
+            return DateState.model_validate_json(body)
+        return DateState(date=day, committed=Manifest.model_validate_json(body))
     except ValidationError:
         raise UnreadableError(f"date {day}: not a date state") from None
 

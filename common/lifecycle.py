@@ -148,7 +148,9 @@ class Lifecycle:
         """
         for _ in range(_RACES):
             state, etag = await self.dates.read(day)
-            if state.claim is not None:
+            if state.claim is not None and not state.claim.ended:
+                # A given-up claim is never reused, whatever its job's state still says
+                # (the process that gave it up may have died before writing that).
                 current, _, age = await self.jobs.read(state.claim.job_id)
                 if current is not None and reuse(current, age):
                     return Claimed(current, created=False, age=age)
@@ -163,7 +165,7 @@ class Lifecycle:
                 await self.dates.swap(state.model_copy(update={"claim": claim}), etag)
             except WriteConflictError:
                 log.info("job.raced", date=day.isoformat(), job_id=job.job_id)
-                await self.jobs.discard(job)
+                await self._lost_race(job)
                 continue
             try:
                 await self.jobs.index(job)
@@ -347,7 +349,7 @@ class Lifecycle:
         try:
             await self.dates.swap(state.model_copy(update={"claim": claim}), etag)
         except WriteConflictError:
-            await self.jobs.discard(job)
+            await self._lost_race(job)
             return True
         await self.jobs.index(job)
         log.info("job.claimed", generation=job.generation, by="message")
@@ -434,6 +436,18 @@ class Lifecycle:
                 continue
             return
         raise WriteConflictError(f"date {day}: {what}")
+
+    async def _lost_race(self, job: JobState) -> None:
+        """A new job whose claim lost the race: ``failed``, never deleted.
+
+        Its claim may have taken effect after all (an answer lost, then another claim
+        replaced it and ended it): a state is never deleted, and a final one never changes.
+        """
+        now = utc_now()
+        reason = "another request claimed the date first"
+        await self._final(
+            job.job_id, {"status": "failed", "error": reason, "finished_at": now, "updated_at": now}
+        )
 
     async def _end_quietly(self, job_id: str, day: date, *, superseded_by: str) -> None:
         try:

@@ -57,6 +57,7 @@ from consumer.sweep import Sweeper
 
 log = get_logger(__name__)
 _PROGRESS_SECONDS: Final = 1.0  # at most one progress write per job per second
+_RELEASE_SECONDS: Final = 10.0  # the longest a failed run waits to say so before letting go
 
 
 class DeferredError(Exception):
@@ -206,6 +207,7 @@ class _Run:
         self.state = run.state
         self._committing = False  # from here on, only the commit's compare-and-swap decides
         self._fenced: FencedError | None = None
+        self._silent: float | None = None  # seconds without a heartbeat, when given up
         self._save_lock = asyncio.Lock()
         self._last_save = 0.0
         self._records: list[CityRecord] = []
@@ -267,8 +269,12 @@ class _Run:
             return await work
         except asyncio.CancelledError:
             current = asyncio.current_task()
-            if self._fenced is not None and (current is None or not current.cancelling()):
-                raise self._fenced from None
+            if current is None or not current.cancelling():
+                if self._fenced is not None:
+                    raise self._fenced from None
+                if self._silent is not None:
+                    reason = f"S3 did not take the job's heartbeat for {self._silent:.0f} s"
+                    raise JobFailedError(reason, retryable=True) from None
             raise
         finally:
             # Not cancelled mid-write: a late heartbeat must never land after the final state.
@@ -276,16 +282,25 @@ class _Run:
             await asyncio.wait([beat])
 
     async def _heartbeat(self, work: "asyncio.Task[Manifest]", stop: asyncio.Event) -> None:
-        """Every ``heartbeat_seconds``: check the lease and rewrite the state, or stop the work."""
+        """Every ``heartbeat_seconds``: check the lease and rewrite the state, or stop the work.
+
+        A run that cannot beat for half of ``stale_job_seconds`` (S3 unreachable from here,
+        a link gone silent) gives its delivery up: the job waits in the queue for a
+        consumer that can reach S3, instead of being held by one that cannot.
+        """
+        settings = self.h.settings
+        last_beat = time.monotonic()
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.h.settings.heartbeat_seconds):
+                async with asyncio.timeout(settings.heartbeat_seconds):
                     await stop.wait()
             if stop.is_set() or self._committing:
                 return
             try:
-                await self.run.check()
-                await self._save(force=True)
+                async with asyncio.timeout(2 * settings.heartbeat_seconds):
+                    await self.run.check()
+                    await self._save(force=True)
+                last_beat = time.monotonic()
             except FencedError as fenced:
                 if not self._committing:
                     self._fenced = fenced
@@ -293,6 +308,11 @@ class _Run:
                 return
             except Exception as error:  # noqa: BLE001 - a missed beat is retried at the next
                 log.warning("job.heartbeat_failed", run_id=self.run_id, error=repr(error))
+                silent = time.monotonic() - last_beat
+                if silent > settings.stale_job_seconds / 2 and not self._committing:
+                    self._silent = silent
+                    work.cancel("no heartbeat could be written")
+                    return
 
     async def _work(self) -> Manifest:
         log.info(
@@ -507,9 +527,14 @@ class _Run:
             await self._release(error.reason, next_attempt_at)
 
     async def _release(self, reason: str, next_attempt_at: datetime | None = None) -> None:
-        """Back to ``queued`` with the reason, for the next delivery (best effort, fenced)."""
+        """Back to ``queued`` with the reason, for the next delivery (best effort, fenced).
+
+        Bounded: S3 may be what failed; then the state stays as it was and the next
+        delivery takes over once its heartbeat is stale.
+        """
         try:
-            async with self._save_lock:
+            bound = max(_RELEASE_SECONDS, 2 * self.h.settings.heartbeat_seconds)
+            async with asyncio.timeout(bound), self._save_lock:
                 await self.run.release(reason, self.state, next_attempt_at=next_attempt_at)
         except FencedError:
             log.warning("run.fenced", run_id=self.run_id, during="release")

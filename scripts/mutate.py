@@ -43,6 +43,10 @@ UPGRADE: Final = (
     "test_a_claim_over_a_version_1_manifest_takes_a_higher_generation_and_commits"
 )
 HEARTBEAT: Final = "tests/unit/test_heartbeat_fencing.py"
+PAUSED: Final = (
+    "tests/unit/test_lifecycle_model.py::"
+    "test_a_run_paused_before_its_commit_never_commits_after_a_newer_job_took_the_lease"
+)
 SWEEP: Final = (
     "tests/unit/test_lifecycle_model.py::"
     "test_a_final_sweep_never_deletes_what_a_newer_claim_wrote_after_it_read_the_date"
@@ -102,6 +106,7 @@ MUTATIONS: Final = (
         """            if state.run != self.lease:
                 raise FencedError(f"run {self.run_id} lost its lease before committing")""",
         "",
+        (PAUSED, MODEL, FENCING, RACES),
     ),
     Mutation(
         "Run.commit does not check the committed generation",
@@ -223,7 +228,12 @@ def pytest_configure() -> None:
     from hypothesis import Phase, settings  # noqa: PLC0415 - only inside the test runs
 
     settings.register_profile(
-        PROFILE, phases=(Phase.explicit, Phase.reuse, Phase.generate), print_blob=False
+        # No example database: an example saved by one mutation's run must not be replayed
+        # against the next (it may fail for reasons of its own).
+        PROFILE,
+        phases=(Phase.explicit, Phase.generate),
+        print_blob=False,
+        database=None,
     )
     settings.load_profile(PROFILE)
 
@@ -264,15 +274,18 @@ def main() -> int:
     parser.add_argument("--only", help="run the mutations whose name contains this")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per test file")
     parser.add_argument("--skip-baseline", action="store_true", help="trust the unmutated tree")
+    parser.add_argument(
+        "--unit-only", action="store_true", help="leave out the integration tests (minutes each)"
+    )
     args = parser.parse_args()
     chosen = [m for m in MUTATIONS if args.only is None or args.only in m.name]
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bus-stats-mutate-") as scratch:
         copy = Path(scratch) / "tree"
         _copy(copy)
-        broken: set[str] = set()
+        broken: set[str] = {FENCING, RACES} if args.unit_only else set()
         if not args.skip_baseline:
-            for test in dict.fromkeys(test for m in chosen for test in m.tests):
+            for test in dict.fromkeys(t for m in chosen for t in m.tests if t not in broken):
                 failed, seconds = _run_tests(copy, (test,), args.timeout)
                 if failed is None:
                     print(f"baseline: {test} passes unmutated ({seconds:.0f} s)", flush=True)

@@ -525,3 +525,29 @@ async def test_a_newer_job_state_is_never_looped_on_nor_overwritten(
             stored = await rig.store.get(key)
             assert stored is not None
             assert orjson.loads(stored.body)["version"] == 99  # the newer version's state
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fault", ["lost", "conflict"])
+async def test_a_lost_answer_or_a_409_on_the_date_is_resolved_not_a_lost_race(
+    ctx: Ctx, http: aiohttp.ClientSession, fault: str
+) -> None:
+    """The first conditional writes of the date's committed object lose their answer (the
+    write took effect) or answer 409: the job still commits at once, nothing fails."""
+    async with open_rig(ctx, FAST) as rig:
+        api = await start_api(rig.settings)
+        consumer = await start_consumer(rig.settings)
+        async with running(api.service, consumer):
+            make = s3_proxy.lose if fault == "lost" else s3_proxy.conflict
+            injected = ctx.proxy.add(make(method="PUT", target=r"/manifests/", conditional=True))
+            injected.times = 3
+            status, body = await post(http, api, f"date={DAY}")
+            assert status == 202, body
+            done = await final_state(rig.store, body["job_id"])
+            assert done["status"] == "succeeded", done
+            assert injected.hits > 0, "no conditional write of the date met the fault"
+            ctx.proxy.clear()
+            depths = await idle(ctx.namespace)
+            assert dead_letters(depths, ctx.namespace) == 0
+            assert await committed_job(http, api, DAY) == body["job_id"]
+            await verified(http, api, FAST, [DAY])

@@ -51,11 +51,14 @@ def record_key(key: str) -> str:
     return key.removesuffix(SUFFIXES["zstd"]) + ".json"
 
 
-async def write_city(store: S3Store, generation: int, city_id: int, day: date = DAY) -> str:
-    key = LAYOUT.city_object(day, generation, job_id(generation), RUN, city_id, codec="zstd")
+async def write_city(
+    store: S3Store, generation: int, city_id: int, day: date = DAY, *, job: str | None = None
+) -> str:
+    job = job or job_id(generation)
+    key = LAYOUT.city_object(day, generation, job, RUN, city_id, codec="zstd")
     body = compress(b'{"city_id":1}\n', "zstd")
     await store.put(key, body, content_type=CONTENT_TYPES["zstd"])
-    record = LAYOUT.city_record(day, generation, job_id(generation), RUN, city_id)
+    record = LAYOUT.city_record(day, generation, job, RUN, city_id)
     await store.put(record, b"{}")
     return key
 
@@ -132,7 +135,8 @@ async def test_the_final_sweep_keeps_active_jobs_whatever_their_age(store: S3Sto
     failed = await write_city(store, 3, 1)
     running = await write_city(store, 4, 1)
     queued = await write_city(store, 5, 1)
-    no_state = await write_city(store, 6, 1)
+    no_state = await write_city(store, 3, 3, job=job_id(7))  # a job never claimed
+    newer = await write_city(store, 6, 1)  # above all the state names: a claim made since
     failed_upload = await start_upload(store, 3, 2)
     running_upload = await start_upload(store, 4, 2)
     assert manifest.generation == 2
@@ -145,6 +149,7 @@ async def test_the_final_sweep_keeps_active_jobs_whatever_their_age(store: S3Sto
     assert {record_key(running), record_key(queued)} <= remaining
     assert failed not in remaining
     assert no_state not in remaining
+    assert newer in remaining  # the sweep read the date before that claim: kept
     assert record_key(kept) not in remaining  # a committed city's record is done with
     assert await uploads(store) == {running_upload}
     assert failed_upload not in await uploads(store)

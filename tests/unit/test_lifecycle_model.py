@@ -838,3 +838,29 @@ def test_a_claim_over_a_version_1_manifest_takes_a_higher_generation_and_commits
         assert state.committed.generation > 5
     finally:
         machine.teardown()
+
+
+def test_a_run_paused_before_its_commit_never_commits_after_a_newer_job_took_the_lease() -> None:
+    """Job J's run pauses just before its commit reads the date; a forced job K takes the
+    lease (ending J) and pauses too; J's run resumes: the lease is not its own, so no commit."""
+    machine = LifecycleMachine()
+    day = DAYS[0]
+    try:
+        machine.request(day, force=False)
+        _through(machine, "request")
+        first = next(iter(machine.broker.messages))
+        machine.deliver(0, redelivered=True, last=False, cities=1)
+        _until(machine, f"redelivery-{first[:6]}", "GET manifests", nth=3)  # the commit's read
+        machine.request(day, force=True)
+        _through(machine, "request-force")
+        second = list(machine.broker.messages)[1]
+        machine.deliver(1, redelivered=True, last=False, cities=1)
+        _until(machine, f"redelivery-{second[:6]}", "GET manifests", nth=3)
+        _through(machine, f"redelivery-{first[:6]}")
+        _through(machine, f"redelivery-{second[:6]}")
+        state = machine._date_state(day)
+        assert state is not None
+        assert state.committed is not None
+        assert state.committed.job_id == second
+    finally:
+        machine.teardown()
