@@ -34,7 +34,7 @@ IGNORED: Final = (
     ".demo",
     "node_modules",
 )
-MODEL: Final = "tests/unit/test_lifecycle_model.py::TestLifecycle"
+MODEL: Final = "tests/unit/test_lifecycle_model.py"  # the machine and its replayed schedules
 DUPLICATE: Final = (
     "tests/unit/test_lifecycle_model.py::test_a_copy_of_a_message_while_its_job_runs_is_dropped"
 )

@@ -864,3 +864,117 @@ def test_a_run_paused_before_its_commit_never_commits_after_a_newer_job_took_the
         assert state.committed.job_id == second
     finally:
         machine.teardown()
+
+
+def _nth(machine: LifecycleMachine, prefix: str, nth: int) -> Actor:
+    return [actor for actor in machine.actors if actor.name.startswith(prefix)][nth]
+
+
+def _actor_until(machine: LifecycleMachine, actor: Actor, op: str, nth: int = 1) -> None:
+    """Like :func:`_until`, for one actor among several of the same name."""
+    for _ in range(50):
+        if actor.gate.op.startswith(op):
+            nth -= 1
+            if not nth:
+                return
+        machine._let(actor, "ok")
+    raise AssertionError(f"{actor.name} never reached {op}")
+
+
+def _let_through(machine: LifecycleMachine, actor: Actor) -> None:
+    while actor.waiting:
+        machine._let(actor, "ok")
+    machine.lifecycle_holds()
+
+
+def test_a_give_up_clears_the_lease_so_a_paused_run_never_commits_after_the_deletes() -> None:
+    """J's run pauses before its commit; J's last delivery gives it up (its objects go);
+    the run resumes: its lease is gone, so it cannot commit what was deleted."""
+    machine = LifecycleMachine()
+    day = DAYS[0]
+    try:
+        machine.request(day, force=False)
+        _through(machine, "request")
+        job = next(iter(machine.broker.messages))
+        machine.deliver(0, redelivered=True, last=False, cities=1)
+        _until(machine, f"redelivery-{job[:6]}", "GET manifests", nth=3)  # the commit's read
+        machine.give_up(0)
+        _through(machine, f"give-up-{job[:6]}")
+        _through(machine, f"redelivery-{job[:6]}")
+        state = machine._date_state(day)
+        assert state is None or state.committed is None
+        assert _job(machine, job).status == "failed"
+    finally:
+        machine.teardown()
+
+
+def test_a_delivery_after_a_give_up_s_date_write_never_runs_the_job() -> None:
+    """A give-up pauses between its date write (claim ended) and the job's final state; a
+    redelivery of the job comes: it must end the job, not run it (the give-up then
+    deletes the job's objects)."""
+    machine = LifecycleMachine()
+    day = DAYS[0]
+    try:
+        machine.request(day, force=False)
+        _through(machine, "request")
+        job = next(iter(machine.broker.messages))
+        machine.give_up(0)
+        _until(machine, f"give-up-{job[:6]}", "GET jobs")  # its date write is done
+        machine.deliver(0, redelivered=True, last=False, cities=1)
+        _through(machine, f"redelivery-{job[:6]}")
+        _through(machine, f"give-up-{job[:6]}")
+        state = machine._date_state(day)
+        assert state is None or state.committed is None
+        assert _job(machine, job).status == "failed"
+    finally:
+        machine.teardown()
+
+
+def test_a_paused_run_never_writes_over_the_state_a_newer_run_finished() -> None:
+    """Run A pauses before a progress write; the broker redelivers, run B finishes the
+    job; A resumes: its write is conditional on its own last version, so it fails."""
+    machine = LifecycleMachine()
+    day = DAYS[0]
+    try:
+        machine.request(day, force=False)
+        _through(machine, "request")
+        job = next(iter(machine.broker.messages))
+        machine.deliver(0, redelivered=True, last=False, cities=1)
+        first = _nth(machine, f"redelivery-{job[:6]}", 0)
+        _until(machine, f"redelivery-{job[:6]}", "PUT jobs", nth=2)  # a progress write
+        machine.deliver(0, redelivered=True, last=False, cities=1)
+        _let_through(machine, _nth(machine, f"redelivery-{job[:6]}", 1))
+        assert _job(machine, job).status == "succeeded"
+        _let_through(machine, first)
+        assert _job(machine, job).status == "succeeded"
+    finally:
+        machine.teardown()
+
+
+def test_a_replaced_run_s_give_up_never_ends_the_run_that_replaced_it() -> None:
+    """Run A's last attempt fails and pauses before giving the job up; a redelivery B takes
+    the lease over and pauses before its commit; A's give-up must find its lease gone and
+    do nothing, so B commits."""
+    machine = LifecycleMachine()
+    day = DAYS[0]
+    try:
+        machine.request(day, force=False)
+        _through(machine, "request")
+        job = next(iter(machine.broker.messages))
+        machine.deliver(0, redelivered=True, last=True, cities=1)
+        first = _nth(machine, f"redelivery-{job[:6]}", 0)
+        _until(machine, f"redelivery-{job[:6]}", "PUT data")
+        machine._let(first, "unavailable")  # the city fails: the last attempt gives up
+        _until(machine, f"redelivery-{job[:6]}", "GET manifests")  # the give-up's read
+        machine.deliver(0, redelivered=True, last=False, cities=1)
+        second = _nth(machine, f"redelivery-{job[:6]}", 1)
+        _actor_until(machine, second, "GET manifests", nth=3)  # B up to its commit's read
+        _let_through(machine, first)
+        _let_through(machine, second)
+        state = machine._date_state(day)
+        assert state is not None
+        assert state.committed is not None
+        assert state.committed.job_id == job
+        assert _job(machine, job).status == "succeeded"
+    finally:
+        machine.teardown()
