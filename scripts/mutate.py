@@ -195,8 +195,9 @@ MUTATIONS: Final = (
         "Run.save writes over any state (no If-Match)",
         "common/lifecycle.py",
         "                self._etag = await jobs.replace(state, self._etag)",
-        """                _, current, _ = await jobs.read(state.job_id)
-                self._etag = await jobs.replace(state, current or self._etag)""",
+        """                self._etag = await self._lifecycle.store.put(
+                    self._lifecycle.layout.job(state.job_id), state.model_dump_json().encode()
+                )""",
     ),
     Mutation(
         "final sweep deletes generations claimed after it read the date",
@@ -208,9 +209,9 @@ MUTATIONS: Final = (
     Mutation(
         "heartbeat never checks the lease",
         "consumer/handler.py",
-        """                await self.run.check()
-                await self._save(force=True)""",
-        """                await self._save(force=True)""",
+        """                    await self.run.check()
+                    await self._save(force=True)""",
+        """                    await self._save(force=True)""",
         (HEARTBEAT, FENCING, RACES),
     ),
     Mutation(
