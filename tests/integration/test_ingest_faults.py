@@ -40,8 +40,12 @@ async def test_a_consumer_killed_mid_upload_loses_and_duplicates_nothing(
     settings: Settings, store: S3Store, amqp: AbstractRobustConnection
 ) -> None:
     async with serve(LARGE) as live:
-        settings = with_reference(
-            settings, live.url, part_size_bytes=5 * MIB, memory_budget_bytes=20 * MIB
+        settings = with_reference(  # uncompressed: the cities must need multipart uploads
+            settings,
+            live.url,
+            part_size_bytes=5 * MIB,
+            memory_budget_bytes=20 * MIB,
+            object_codec="none",
         )
         api = await start_api(settings)
         victim = await start_consumer(settings, "victim")
