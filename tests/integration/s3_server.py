@@ -41,18 +41,28 @@ from tests.integration.services import free_port
 _HOLD_SECONDS = 60.0  # a trap never holds a request longer, whatever the test does
 
 
+COMMIT_PUT: Final = 3  # a fresh date's state is written by its claim, lease, commit
+
+
 class Trap:
     """Holds the first request ``method`` whose path and query contain every ``targets``.
 
     By default the trap arms itself after the third PUT of a date state (a fresh date's
     claim, lease and commit: to catch what a commit does next); ``armed=True`` arms it at
-    once. ``skip``: let that many matching requests through first. The request is held
-    in Moto's request thread, so the client waits on it, until :attr:`released` is set.
+    once. ``skip``: let that many matching requests through first. ``arm_after``: the
+    number of date-state PUTs to wait for (a date claimed before the trap was set: 2).
+    The request is held in Moto's request thread, so the client waits on it, until
+    :attr:`released` is set.
     """
 
-    COMMIT_PUT: Final = 3  # a fresh date's state is written by its claim, lease, commit
-
-    def __init__(self, method: str, *targets: str, armed: bool = False, skip: int = 0) -> None:
+    def __init__(
+        self,
+        method: str,
+        *targets: str,
+        armed: bool = False,
+        skip: int = 0,
+        arm_after: int = COMMIT_PUT,
+    ) -> None:
         self.method = method
         self.targets = targets
         self.caught = threading.Event()
@@ -61,6 +71,7 @@ class Trap:
         self._armed = armed
         self._skip = skip
         self._state_puts = 0
+        self._arm_after = arm_after
         self._lock = threading.Lock()
 
     def before(self, method: str, target: str) -> None:
@@ -84,7 +95,7 @@ class Trap:
         if method == "PUT" and "/manifests/" in target and not self.caught.is_set():
             with self._lock:
                 self._state_puts += 1
-                if self._state_puts >= self.COMMIT_PUT:
+                if self._state_puts >= self._arm_after:
                     self._armed = True
 
 

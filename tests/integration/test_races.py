@@ -846,7 +846,9 @@ async def test_a_consumer_killed_during_the_sweep_leaves_nothing_behind(
                     await asyncio.sleep(POLL)  # S3 cannot notify
             first.kill()
             await first.stop()
-            moto.trap = trap = Trap("GET", f"prefix=data/date={day}/")  # the sweep's listing
+            # The date was claimed and leased before: the second run's lease, then its
+            # commit; the sweep's listing comes next.
+            moto.trap = trap = Trap("GET", f"prefix=data/date={day}/", arm_after=2)
             second = await start_consumer(settings, "second")
             assert await asyncio.to_thread(trap.caught.wait, 60), "no sweep was seen"
             second.kill()

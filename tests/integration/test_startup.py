@@ -235,7 +235,8 @@ async def test_two_consumers_with_the_default_metrics_port_start_side_by_side(
         # else on this machine holds it: then both did).
         assert len(taken) == (1 if default_port in ports else 2)
         for port in ports:
-            assert await get(http, f"http://127.0.0.1:{port}/healthz") == (200, {"status": "ok"})
+            status, health = await get(http, f"http://127.0.0.1:{port}/healthz")
+            assert (status, health["status"]) == (200, "ok"), health
     for consumer in consumers:
         assert [line for line in consumer.lines if line.get("event") == "raw"] == []
 
