@@ -3,6 +3,7 @@
 import asyncio
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 from quart.typing import TestClientProtocol as Client
@@ -41,9 +42,23 @@ async def test_concurrent_requests_for_a_date_make_one_job(
     assert message.app_id == "bus-stats-api"
     await message.ack()
     assert await topology.queue.get(fail=False) is None
-    # The requests that lost the race for the date's claim left no job state behind.
+    # The requests that lost the race for the date's claim left only ended states behind
+    # (a state is never deleted: a claim whose answer was lost may have taken effect), and
+    # no index entry: the job lists show the one job.
+    winner = f"jobs/{bodies[0]['job_id']}.json"
     states = [item.key async for item in store.list_objects("jobs/")]
-    assert states == [f"jobs/{bodies[0]['job_id']}.json"]
+    assert winner in states
+    for key in states:
+        if key != winner:
+            stored = await store.get(key)
+            assert stored is not None
+            loser = orjson.loads(stored.body)
+            assert (loser["status"], loser["error"]) == (
+                "failed",
+                "another request claimed the date first",
+            ), loser
+    listed = [item.key async for item in store.list_objects("jobs-index/all/")]
+    assert [key.rpartition("-")[2] for key in listed] == [bodies[0]["job_id"]]
 
 
 async def test_force_makes_a_new_job_even_while_one_is_queued(client: Client) -> None:
