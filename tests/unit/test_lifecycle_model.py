@@ -702,21 +702,11 @@ def _named(machine: LifecycleMachine, prefix: str) -> Actor:
 
 def _until(machine: LifecycleMachine, prefix: str, op: str, nth: int = 1) -> None:
     """Let the actor's requests through until its next one is the ``nth`` ``op`` (a prefix)."""
-    actor = _named(machine, prefix)
-    for _ in range(50):
-        if actor.gate.op.startswith(op):
-            nth -= 1
-            if not nth:
-                return
-        machine._let(actor, "ok")
-    raise AssertionError(f"{prefix} never reached {op}")
+    _actor_until(machine, _named(machine, prefix), op, nth)
 
 
 def _through(machine: LifecycleMachine, prefix: str) -> None:
-    actor = _named(machine, prefix)
-    while actor.waiting:
-        machine._let(actor, "ok")
-    machine.lifecycle_holds()
+    _let_through(machine, _named(machine, prefix))
 
 
 def test_a_final_sweep_never_deletes_what_a_newer_claim_wrote_after_it_read_the_date() -> None:
