@@ -336,19 +336,24 @@ class Chaos:
         return await self._post(step.day, force=True)
 
     async def force_running(self, step: Step) -> str:
-        """Force once the date's newest job runs (waiting a few seconds at most)."""
+        """Force a date once its newest job runs: the step's date first, else any date
+        whose job runs (waiting a few seconds at most), else the step's date anyway."""
         assert step.day is not None
-        seen = "never running"
+        seen, day = "never running", step.day
+        others = [other for other in self.world.days if other != step.day]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(8):
                 while True:
-                    latest = await self.world.lifecycle.latest(step.day)
-                    if latest is not None and latest.status == "running":
-                        seen = f"while {latest.job_id} ran"
+                    for candidate in (step.day, *others):
+                        latest = await self.world.lifecycle.latest(candidate)
+                        if latest is not None and latest.status == "running":
+                            seen, day = f"while {latest.job_id} ran", candidate
+                            break
+                    if day != step.day or seen != "never running":
                         self.hit["force_running"] = self.hit.get("force_running", 0) + 1
                         break
                     await asyncio.sleep(0.05)  # S3 cannot notify
-        return f"{seen}: " + await self._post(step.day, force=True)
+        return f"{seen} ({day}): " + await self._post(day, force=True)
 
     async def _started(self, slot: int) -> None:
         """Until the slot's consumer (if one is starting) consumes."""
