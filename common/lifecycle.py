@@ -160,22 +160,31 @@ class Lifecycle:
             if partial:
                 job = job.model_copy(update={"partial": True})
             await self.jobs.create(job)
-            claim = Claim(job_id=job.job_id, generation=job.generation)
-            try:
-                await self.dates.swap(state.model_copy(update={"claim": claim}), etag)
-            except WriteConflictError:
-                log.info("job.raced", date=day.isoformat(), job_id=job.job_id)
-                await self._lost_race(job)
+            if not await self._make_claim(job, state, etag):
                 continue
-            try:
-                await self.jobs.index(job)
-            except Exception as error:  # noqa: BLE001 - the index only lists jobs; the claim stands
-                log.warning("job.index_failed", job_id=job.job_id, error=repr(error))
-            log.info(
-                "job.claimed", job_id=job.job_id, date=day.isoformat(), generation=job.generation
-            )
             return Claimed(job, created=True, previous=state.claim)
         raise WriteConflictError(f"date {day}: claim")
+
+    async def _make_claim(self, job: JobState, state: DateState, etag: str | None) -> bool:
+        """Make ``job`` (its state just created) the claim of ``state``'s date, by CAS.
+
+        ``False``: another claim came first, and the job ends as having lost the race.
+        """
+        claim = Claim(job_id=job.job_id, generation=job.generation)
+        try:
+            await self.dates.swap(state.model_copy(update={"claim": claim}), etag)
+        except WriteConflictError:
+            log.info("job.raced", date=job.date.isoformat(), job_id=job.job_id)
+            await self._lost_race(job)
+            return False
+        try:
+            await self.jobs.index(job)
+        except Exception as error:  # noqa: BLE001 - the index only lists jobs; the claim stands
+            log.warning("job.index_failed", job_id=job.job_id, error=repr(error))
+        log.info(
+            "job.claimed", job_id=job.job_id, date=job.date.isoformat(), generation=job.generation
+        )
+        return True
 
     async def latest(self, day: date) -> JobState | None:
         """The job the date's claim names (its newest request), if any."""
@@ -345,14 +354,7 @@ class Lifecycle:
             await self.jobs.create(job)
         except WriteConflictError:
             return True  # created meanwhile: look again
-        claim = Claim(job_id=job_id, generation=job.generation)
-        try:
-            await self.dates.swap(state.model_copy(update={"claim": claim}), etag)
-        except WriteConflictError:
-            await self._lost_race(job)
-            return True
-        await self.jobs.index(job)
-        log.info("job.claimed", generation=job.generation, by="message")
+        await self._make_claim(job, state, etag)
         return True
 
     # -- endings --------------------------------------------------------------------------
